@@ -1,0 +1,287 @@
+#include "common/job_loader.h"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "common/builtins.h"
+
+namespace zf {
+
+namespace {
+
+// Keys reserved for step kinds the format will grow (see schemas/job-format.md),
+// so that files written for a later version fail clearly rather than oddly.
+const std::set<std::string_view> kPlannedStepKinds = {"choose", "for_each", "try", "call"};
+const std::set<std::string_view> kPlannedJobKeys = {"triggers", "retry", "queue", "priority", "requires"};
+
+// Builds "file:line:col: field 'path': what" messages for one job file.
+class Context {
+ public:
+  explicit Context(std::string_view source) : source_(source) {}
+
+  Error at(const toml::node* node, std::string_view field, std::string_view what) const {
+    std::string where(source_);
+    if (node && node->source().begin) {
+      where += ":" + std::to_string(node->source().begin.line) + ":" +
+               std::to_string(node->source().begin.column);
+    }
+    std::string msg = where + ": ";
+    if (!field.empty()) msg += "field '" + std::string(field) + "': ";
+    msg += what;
+    return make_error(std::move(msg));
+  }
+
+ private:
+  std::string source_;
+};
+
+Result<std::string> get_string(const Context& cx, const toml::node& n, std::string_view field) {
+  if (auto v = n.value<std::string>(); v && n.is_string()) return *v;
+  return cx.at(&n, field, "expected a string");
+}
+
+Result<Millis> get_duration(const Context& cx, const toml::node& n, std::string_view field) {
+  auto s = get_string(cx, n, field);
+  if (!s.ok()) return s.error();
+  auto d = parse_duration(*s);
+  if (!d.ok()) return cx.at(&n, field, d.error().message);
+  if (d->count() <= 0) return cx.at(&n, field, "must be greater than zero");
+  return *d;
+}
+
+Status check_templates(const Context& cx, const toml::node& n, std::string_view field,
+                       std::string_view tmpl, const std::vector<ParamSpec>& params) {
+  auto names = template_names(tmpl);
+  if (!names.ok()) return cx.at(&n, field, names.error().message);
+  for (const auto& name : *names) {
+    bool known = false;
+    for (const auto& p : params) known = known || p.name == name;
+    if (!known) return cx.at(&n, field, "uses '{{" + name + "}}' but the job has no parameter '" + name + "'");
+  }
+  return {};
+}
+
+Result<std::map<std::string, std::string>> get_string_table(const Context& cx, const toml::node& n,
+                                                            std::string_view field) {
+  const auto* t = n.as_table();
+  if (!t) return cx.at(&n, field, "expected a table of strings");
+  std::map<std::string, std::string> out;
+  for (const auto& [k, v] : *t) {
+    std::string sub = std::string(field) + "." + std::string(k.str());
+    auto s = get_string(cx, v, sub);
+    if (!s.ok()) return s.error();
+    out[std::string(k.str())] = *s;
+  }
+  return out;
+}
+
+Result<std::vector<ParamSpec>> load_params(const Context& cx, const toml::node& n) {
+  const auto* t = n.as_table();
+  if (!t) return cx.at(&n, "params", "expected a table: [params.NAME] with optional default and description");
+  std::vector<ParamSpec> out;
+  for (const auto& [k, v] : *t) {
+    std::string name(k.str());
+    std::string field = "params." + name;
+    if (!is_valid_param_name(name))
+      return cx.at(&v, field, "parameter names use letters, digits and _ and do not start with a digit");
+    ParamSpec p;
+    p.name = name;
+    const auto* pt = v.as_table();
+    if (!pt) return cx.at(&v, field, "expected a table with optional 'default' and 'description'");
+    for (const auto& [pk, pv] : *pt) {
+      std::string key(pk.str());
+      if (key == "default") {
+        // Numbers and booleans are accepted as defaults and kept as text.
+        if (pv.is_string()) p.default_value = *pv.value<std::string>();
+        else if (pv.is_integer()) p.default_value = std::to_string(*pv.value<int64_t>());
+        else if (pv.is_boolean()) p.default_value = *pv.value<bool>() ? "true" : "false";
+        else return cx.at(&pv, field + ".default", "expected a string, integer or boolean");
+      } else if (key == "description") {
+        auto s = get_string(cx, pv, field + ".description");
+        if (!s.ok()) return s.error();
+        p.description = *s;
+      } else {
+        return cx.at(&pv, field + "." + key, "unknown field (allowed: default, description)");
+      }
+    }
+    out.push_back(std::move(p));
+  }
+  if (out.size() > kMaxParams) return cx.at(&n, "params", "too many parameters");
+  return out;
+}
+
+Result<Step> load_step(const Context& cx, const toml::node& n, size_t index, const std::vector<ParamSpec>& params) {
+  std::string prefix = "steps[" + std::to_string(index) + "]";
+  const auto* t = n.as_table();
+  if (!t) return cx.at(&n, prefix, "expected a table ([[steps]])");
+  Step step;
+  step.name = "step" + std::to_string(index + 1);
+  const toml::node* kind_node = nullptr;
+  for (const auto& [k, v] : *t) {
+    std::string key(k.str());
+    std::string field = prefix + "." + key;
+    if (kPlannedStepKinds.count(key))
+      return cx.at(&v, field, "step kind '" + key + "' is planned but not supported by this version");
+    if (key == "run" || key == "builtin") {
+      if (kind_node) return cx.at(&v, field, "a step has exactly one of 'run' or 'builtin'");
+      kind_node = &v;
+    }
+  }
+  if (!kind_node) return cx.at(&n, prefix, "a step needs 'run = [argv...]' or 'builtin = \"NAME\"'");
+
+  const BuiltinSpec* builtin = nullptr;
+  if (const auto* run = (*t)["run"].node()) {
+    const auto* arr = run->as_array();
+    if (!arr || arr->empty()) return cx.at(run, prefix + ".run", "expected a non-empty array of strings (argv)");
+    for (size_t i = 0; i < arr->size(); ++i) {
+      const auto& e = *arr->get(i);
+      auto s = get_string(cx, e, prefix + ".run[" + std::to_string(i) + "]");
+      if (!s.ok()) return s.error();
+      if (auto c = check_templates(cx, e, prefix + ".run[" + std::to_string(i) + "]", *s, params); !c.ok())
+        return c.error();
+      step.run.push_back(*s);
+    }
+    step.kind = Step::Kind::Run;
+  } else {
+    const auto* b = (*t)["builtin"].node();
+    auto s = get_string(cx, *b, prefix + ".builtin");
+    if (!s.ok()) return s.error();
+    builtin = find_builtin(*s);
+    if (!builtin) {
+      std::string names;
+      for (const auto& bs : all_builtins()) names += (names.empty() ? "" : ", ") + std::string(bs.name);
+      return cx.at(b, prefix + ".builtin", "unknown builtin '" + *s + "' (known: " + names + ")");
+    }
+    step.kind = Step::Kind::Builtin;
+    step.builtin = *s;
+  }
+
+  for (const auto& [k, v] : *t) {
+    std::string key(k.str());
+    std::string field = prefix + "." + key;
+    if (key == "run" || key == "builtin") continue;
+    if (key == "name") {
+      auto s = get_string(cx, v, field);
+      if (!s.ok()) return s.error();
+      step.name = *s;
+    } else if (key == "timeout") {
+      auto d = get_duration(cx, v, field);
+      if (!d.ok()) return d.error();
+      step.timeout = *d;
+    } else if (key == "cwd") {
+      auto s = get_string(cx, v, field);
+      if (!s.ok()) return s.error();
+      if (auto c = check_templates(cx, v, field, *s, params); !c.ok()) return c.error();
+      step.cwd = *s;
+    } else if (key == "env") {
+      auto m = get_string_table(cx, v, field);
+      if (!m.ok()) return m.error();
+      for (const auto& [ek, ev] : *m) {
+        if (ek.empty() || ek.find('=') != std::string::npos)
+          return cx.at(&v, field + "." + ek, "not a valid environment variable name");
+        if (auto c = check_templates(cx, v, field + "." + ek, ev, params); !c.ok()) return c.error();
+      }
+      step.env = std::move(*m);
+    } else if (builtin) {
+      bool allowed = false;
+      for (auto a : builtin->required) allowed = allowed || a == key;
+      for (auto a : builtin->optional) allowed = allowed || a == key;
+      if (!allowed) return cx.at(&v, field, "unknown argument for builtin '" + step.builtin + "'");
+      std::string value;
+      if (v.is_string()) value = *v.value<std::string>();
+      else if (v.is_integer()) value = std::to_string(*v.value<int64_t>());
+      else return cx.at(&v, field, "expected a string");
+      if (auto c = check_templates(cx, v, field, value, params); !c.ok()) return c.error();
+      step.args[key] = value;
+    } else {
+      return cx.at(&v, field, "unknown field (allowed: run, builtin, name, timeout, cwd, env)");
+    }
+  }
+  if (builtin) {
+    for (auto a : builtin->required)
+      if (!step.args.count(std::string(a)))
+        return cx.at(&n, prefix, "builtin '" + step.builtin + "' needs '" + std::string(a) + "'");
+    if (step.builtin == "sleep") {
+      const auto& d = step.args["duration"];
+      if (d.find("{{") == std::string::npos) {
+        if (auto r = parse_duration(d); !r.ok())
+          return cx.at((*t)["duration"].node(), prefix + ".duration", r.error().message);
+      }
+    }
+  }
+  return step;
+}
+
+}  // namespace
+
+Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) {
+  Context cx(source_name);
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream msg;
+    msg << source_name << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
+        << e.description();
+    return make_error(msg.str());
+  }
+  Job job;
+  job.source_name = std::string(source_name);
+  job.source_text = std::string(toml_text);
+
+  const toml::node* name = root["name"].node();
+  if (!name) return cx.at(nullptr, "name", "missing (every job has a name)");
+  auto n = get_string(cx, *name, "name");
+  if (!n.ok()) return n.error();
+  if (!is_valid_job_name(*n))
+    return cx.at(name, "name", "'" + *n + "' is not a valid job name (letters, digits, '.', '_', '-'; at most 128)");
+  job.name = *n;
+
+  if (const auto* p = root["params"].node()) {
+    auto params = load_params(cx, *p);
+    if (!params.ok()) return params.error();
+    job.params = std::move(*params);
+  }
+
+  for (const auto& [k, v] : root) {
+    std::string key(k.str());
+    if (key == "name" || key == "params" || key == "steps") continue;
+    if (key == "description") {
+      auto s = get_string(cx, v, key);
+      if (!s.ok()) return s.error();
+      job.description = *s;
+    } else if (key == "timeout") {
+      auto d = get_duration(cx, v, key);
+      if (!d.ok()) return d.error();
+      job.timeout = *d;
+    } else if (kPlannedJobKeys.count(key)) {
+      return cx.at(&v, key, "is planned but not supported by this version");
+    } else {
+      return cx.at(&v, key, "unknown field (allowed: name, description, timeout, params, steps)");
+    }
+  }
+
+  const toml::node* steps = root["steps"].node();
+  if (!steps) return cx.at(nullptr, "steps", "missing (a job needs at least one [[steps]])");
+  const auto* arr = steps->as_array();
+  if (!arr || arr->empty()) return cx.at(steps, "steps", "expected at least one [[steps]] table");
+  for (size_t i = 0; i < arr->size(); ++i) {
+    auto s = load_step(cx, *arr->get(i), i, job.params);
+    if (!s.ok()) return s.error();
+    job.steps.push_back(std::move(*s));
+  }
+  return job;
+}
+
+Result<Job> load_job_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(path + ": cannot read the file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_job(ss.str(), path);
+}
+
+}  // namespace zf

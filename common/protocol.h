@@ -1,0 +1,193 @@
+// The zforce wire protocol: one struct per message, each with its encoder and
+// decoder side by side (protocol.cc). schemas/PROTOCOL.md is the spec and
+// schemas/messages/*.json the machine-checkable schemas; this file follows them.
+//
+// Every message is one ZeroMQ frame holding a msgpack array
+//     [ "ZF", major, minor, type, body ]
+// The first three elements keep this layout in every version, so a peer of
+// another major version can always be recognised and refused with a reason.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace zf::proto {
+
+inline constexpr std::string_view kSignature = "ZF";
+inline constexpr uint32_t kMajor = 1;
+inline constexpr uint32_t kMinor = 0;
+// Larger frames are refused by the sockets themselves (ZMQ_MAXMSGSIZE).
+inline constexpr int64_t kMaxMessageBytes = 4 * 1024 * 1024;
+
+// Wire values never change meaning: never renumber or reuse one.
+enum class MsgType : uint32_t {
+  Ready = 1,
+  Welcome = 2,
+  Heartbeat = 3,
+  Assign = 4,
+  Started = 5,
+  Finished = 6,
+  Cancel = 7,
+  Disconnect = 8,
+  Refused = 9,
+  FinishedAck = 10,
+  ApiRequest = 20,
+  ApiReply = 21,
+  Event = 30,
+};
+std::string_view msg_type_name(MsgType t);
+
+// An instance as the worker reports it after a reconnect.
+struct RunningInstance {
+  uint64_t instance = 0;
+  uint32_t attempt = 0;
+};
+
+// worker -> master: first message on every (re)connection.
+struct Ready {
+  std::string name;
+  uint32_t slots = 0;
+  std::vector<std::string> tags;
+  std::string version;  // software version, for operators
+  std::vector<RunningInstance> running;
+};
+
+// master -> worker: admission, with the liveness rules the worker must follow.
+struct Welcome {
+  uint32_t heartbeat_ms = 0;
+  uint32_t liveness = 0;
+};
+
+// Both ways; sent only when nothing else was sent for one interval.
+struct Heartbeat {};
+
+// One step of an instance, fully resolved by the master (parameters substituted).
+struct StepSpec {
+  std::string name;
+  std::string kind;  // "run" or "builtin"
+  std::vector<std::string> argv;             // kind == run
+  std::string builtin;                       // kind == builtin
+  std::map<std::string, std::string> args;   // builtin arguments
+  std::map<std::string, std::string> env;
+  std::string cwd;
+  uint64_t timeout_ms = 0;  // 0 = none
+};
+
+// master -> worker: run this instance now (the master holds a slot credit for it).
+struct Assign {
+  uint64_t instance = 0;
+  uint32_t attempt = 0;
+  std::string job;
+  std::map<std::string, std::string> params;
+  std::vector<StepSpec> steps;
+  uint64_t timeout_ms = 0;  // whole instance; 0 = none
+};
+
+// worker -> master: the instance's first step was started.
+struct Started {
+  uint64_t instance = 0;
+  uint32_t attempt = 0;
+};
+
+// worker -> master: the instance ended. Repeated until acknowledged.
+struct Finished {
+  uint64_t instance = 0;
+  uint32_t attempt = 0;
+  std::string status;  // succeeded | failed | timed_out | cancelled
+  int32_t exit_code = 0;
+  uint64_t duration_ms = 0;
+  int32_t failed_step = -1;  // index of the step that failed, -1 if none
+  std::string error;         // why, when not the command's own exit code
+  std::string output;        // bounded tail of stdout+stderr
+};
+
+// master -> worker: the result of (instance, attempt) is applied; forget it.
+struct FinishedAck {
+  uint64_t instance = 0;
+  uint32_t attempt = 0;
+};
+
+// master -> worker: stop this instance (SIGTERM, then SIGKILL after grace).
+struct Cancel {
+  uint64_t instance = 0;
+  uint32_t attempt = 0;
+};
+
+// Either way: the sender is going away (worker drain end, master shutdown).
+struct Disconnect {
+  std::string reason;
+};
+
+// master -> peer: you are not admitted (version, name in use, not ready yet).
+struct Refused {
+  std::string reason;
+};
+
+// client -> master api.
+struct ApiRequest {
+  uint64_t req = 0;  // echoed in the reply
+  std::string op;
+  nlohmann::json args = nlohmann::json::object();
+};
+
+// master -> client.
+struct ApiReply {
+  uint64_t req = 0;
+  bool ok = false;
+  std::string error;
+  nlohmann::json result;
+};
+
+// master -> tap subscribers (PUB). Frame 1 is the type as topic, frame 2 this.
+struct Event {
+  uint64_t seq = 0;
+  int64_t ts_us = 0;  // wall clock, microseconds since the Unix epoch
+  std::string type;   // instance.<state>, member.joined|left|lost, ...
+  std::optional<uint64_t> instance;
+  std::optional<std::string> job;
+  std::optional<std::string> queue;
+  std::optional<std::string> member;
+  std::optional<uint32_t> attempt;
+  std::optional<int32_t> exit_code;
+  std::optional<int32_t> slot;
+  std::optional<std::string> detail;
+};
+
+using Message = std::variant<Ready, Welcome, Heartbeat, Assign, Started, Finished, FinishedAck,
+                             Cancel, Disconnect, Refused, ApiRequest, ApiReply, Event>;
+
+MsgType type_of(const Message& m);
+
+std::string encode(const Message& m);
+
+// Why a frame could not be decoded. VersionMismatch is well-formed enough to
+// answer with a Refused; everything else is dropped and counted.
+enum class DecodeFailure { Malformed, VersionMismatch };
+
+struct DecodeError {
+  DecodeFailure kind = DecodeFailure::Malformed;
+  std::string reason;
+  uint32_t peer_major = 0;
+  uint32_t peer_minor = 0;
+};
+
+using Decoded = std::variant<Message, DecodeError>;
+Decoded decode(const void* data, size_t size);
+inline Decoded decode(std::string_view s) { return decode(s.data(), s.size()); }
+
+// Events as JSON objects (for `zforce tap --json` and tests).
+nlohmann::json event_to_json(const Event& e);
+
+// A short printable sample of untrusted bytes for log lines.
+std::string sanitize_sample(const void* data, size_t size, size_t max_chars = 32);
+
+}  // namespace zf::proto

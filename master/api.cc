@@ -1,0 +1,375 @@
+// The api endpoint of the master: one function per operation. Each takes the
+// request's args (JSON from msgpack) and returns the result, or throws
+// ApiError, which becomes an error reply. Nothing here blocks.
+#include <algorithm>
+
+#include "common/job_loader.h"
+#include "common/zmq_util.h"
+#include "master/master.h"
+
+namespace zf {
+
+namespace {
+
+// A request the master refuses, with the words the client prints.
+struct ApiError {
+  std::string message;
+};
+
+const nlohmann::json& need(const nlohmann::json& args, const char* key) {
+  auto it = args.find(key);
+  if (it == args.end()) throw ApiError{std::string("missing argument '") + key + "'"};
+  return *it;
+}
+
+std::string need_string(const nlohmann::json& args, const char* key) {
+  const auto& v = need(args, key);
+  if (!v.is_string()) throw ApiError{std::string("argument '") + key + "' must be a string"};
+  return v.get<std::string>();
+}
+
+uint64_t need_id(const nlohmann::json& args, const char* key) {
+  const auto& v = need(args, key);
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+    throw ApiError{std::string("argument '") + key + "' must be an instance id"};
+  return v.get<uint64_t>();
+}
+
+nlohmann::json step_json(const Step& s) {
+  nlohmann::json j;
+  j["name"] = s.name;
+  if (s.kind == Step::Kind::Run) j["run"] = s.run;
+  else {
+    j["builtin"] = s.builtin;
+    for (const auto& [k, v] : s.args) j[k] = v;
+  }
+  if (!s.env.empty()) j["env"] = s.env;
+  if (!s.cwd.empty()) j["cwd"] = s.cwd;
+  if (s.timeout) j["timeout"] = format_duration(*s.timeout);
+  return j;
+}
+
+}  // namespace
+
+void Master::reply(const std::string& client, uint64_t req, bool ok, const std::string& error,
+                   nlohmann::json result) {
+  proto::ApiReply r;
+  r.req = req;
+  r.ok = ok;
+  r.error = error;
+  r.result = std::move(result);
+  std::string bytes = proto::encode(r);
+  // A client that went away is no error of ours.
+  if (auto s = send_multipart(*api_, {client, bytes}); !s.ok())
+    log::debug("reply to an api client dropped: " + s.error().message);
+}
+
+void Master::drain_api_socket() {
+  std::vector<zmq::message_t> parts;
+  auto now = Clock::now();
+  for (int n = 0; n < 1024 && recv_multipart(*api_, parts); ++n) {
+    if (parts.size() != 2) {
+      ++counters_.malformed_api;
+      continue;
+    }
+    std::string client(view(parts[0]));
+    auto d = proto::decode(parts[1].data(), parts[1].size());
+    auto* err = std::get_if<proto::DecodeError>(&d);
+    const proto::ApiRequest* req = err ? nullptr : std::get_if<proto::ApiRequest>(&std::get<proto::Message>(d));
+    if (!req) {
+      ++counters_.malformed_api;
+      uint64_t suppressed = 0;
+      if (bad_traffic_log_.allow(now, suppressed))
+        log::warn("dropped a bad message on the api endpoint: " +
+                  (err ? err->reason : std::string("not an API_REQUEST")) + " [" +
+                  proto::sanitize_sample(parts[1].data(), parts[1].size()) + "]");
+      if (err && err->kind == proto::DecodeFailure::VersionMismatch)
+        reply(client, 0, false, err->reason, nullptr);
+      continue;
+    }
+    ++counters_.api_requests;
+    bool deferred = false;
+    try {
+      nlohmann::json result = handle_api(client, *req, deferred);
+      if (!deferred) reply(client, req->req, true, "", std::move(result));
+    } catch (const ApiError& e) {
+      reply(client, req->req, false, e.message, nullptr);
+    } catch (const nlohmann::json::exception& e) {
+      reply(client, req->req, false, std::string("bad arguments: ") + e.what(), nullptr);
+    }
+  }
+}
+
+nlohmann::json Master::handle_api(const std::string& client, const proto::ApiRequest& req, bool& deferred) {
+  const auto& a = req.args;
+  const std::string& op = req.op;
+  if (op == "job.put") return api_job_put(a);
+  if (op == "job.list") return api_job_list(a);
+  if (op == "job.show") return api_job_show(a);
+  if (op == "job.rm") return api_job_rm(a);
+  if (op == "run") return api_run(a);
+  if (op == "instances") return api_instances(a);
+  if (op == "instance.show") return api_instance_show(a);
+  if (op == "cancel") return api_cancel(a);
+  if (op == "workers") return api_workers(a);
+  if (op == "stats") return api_stats(a);
+  if (op == "ping") return api_ping(a);
+  if (op == "wait") {
+    nlohmann::json out;
+    deferred = !api_wait(client, req.req, a, out);
+    return out;
+  }
+  throw ApiError{"unknown operation '" + op + "'"};
+}
+
+nlohmann::json Master::api_job_put(const nlohmann::json& args) {
+  const auto& files = need(args, "files");
+  if (!files.is_array() || files.empty()) throw ApiError{"argument 'files' must be a non-empty list"};
+  // All files are checked before any is applied: one bad file changes nothing.
+  std::vector<Job> parsed;
+  for (const auto& f : files) {
+    if (!f.is_object()) throw ApiError{"each file is {source, text}"};
+    auto job = parse_job(need_string(f, "text"), need_string(f, "source"));
+    if (!job.ok()) throw ApiError{job.error().message};
+    for (const auto& p : parsed)
+      if (p.name == job->name) throw ApiError{"job '" + job->name + "' is defined twice (" + p.source_name + ", " + job->source_name + ")"};
+    parsed.push_back(std::move(job.value()));
+  }
+  nlohmann::json out = {{"created", nlohmann::json::array()}, {"updated", nlohmann::json::array()}};
+  for (auto& j : parsed) {
+    bool exists = jobs_.count(j.name) > 0;
+    out[exists ? "updated" : "created"].push_back(j.name);
+    proto::Event ev;
+    ev.type = "job.updated";
+    ev.job = j.name;
+    std::string name = j.name;
+    jobs_[name] = std::move(j);
+    events_->publish(std::move(ev));
+  }
+  return out;
+}
+
+nlohmann::json Master::api_job_list(const nlohmann::json&) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [name, j] : jobs_)
+    out.push_back({{"name", name}, {"description", j.description}, {"steps", j.steps.size()},
+                   {"params", j.params.size()}, {"source", j.source_name}});
+  return {{"jobs", out}};
+}
+
+nlohmann::json Master::api_job_show(const nlohmann::json& args) {
+  std::string name = need_string(args, "name");
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) throw ApiError{"no job named '" + name + "'"};
+  const Job& j = it->second;
+  nlohmann::json params = nlohmann::json::array();
+  for (const auto& p : j.params) {
+    nlohmann::json pj = {{"name", p.name}, {"description", p.description}};
+    if (p.default_value) pj["default"] = *p.default_value;
+    else pj["required"] = true;
+    params.push_back(pj);
+  }
+  nlohmann::json steps = nlohmann::json::array();
+  for (const auto& s : j.steps) steps.push_back(step_json(s));
+  nlohmann::json out = {{"name", j.name},     {"description", j.description}, {"params", params},
+                        {"steps", steps},     {"source", j.source_name},       {"text", j.source_text}};
+  if (j.timeout) out["timeout"] = format_duration(*j.timeout);
+  return out;
+}
+
+nlohmann::json Master::api_job_rm(const nlohmann::json& args) {
+  std::string name = need_string(args, "name");
+  if (!jobs_.erase(name)) throw ApiError{"no job named '" + name + "'"};
+  proto::Event ev;
+  ev.type = "job.removed";
+  ev.job = name;
+  events_->publish(std::move(ev));
+  return {{"removed", name}};
+}
+
+nlohmann::json Master::api_run(const nlohmann::json& args) {
+  std::string name = need_string(args, "job");
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) throw ApiError{"no job named '" + name + "'"};
+  std::map<std::string, std::string> given;
+  if (auto p = args.find("params"); p != args.end()) {
+    if (!p->is_object()) throw ApiError{"argument 'params' must be a map of strings"};
+    if (p->size() > kMaxParams) throw ApiError{"too many parameters"};
+    for (const auto& [k, v] : p->items()) {
+      if (!v.is_string()) throw ApiError{"parameter '" + k + "' must be a string"};
+      given[k] = v.get<std::string>();
+    }
+  }
+  uint64_t count = 1;
+  if (auto c = args.find("count"); c != args.end()) {
+    if (!c->is_number_unsigned() || c->get<uint64_t>() < 1 || c->get<uint64_t>() > 100000)
+      throw ApiError{"argument 'count' must be between 1 and 100000"};
+    count = c->get<uint64_t>();
+  }
+  auto resolved = resolve_instance(it->second, given);
+  if (!resolved.ok()) throw ApiError{resolved.error().message};
+  auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
+  uint64_t timeout = it->second.timeout ? static_cast<uint64_t>(it->second.timeout->count()) : 0;
+  nlohmann::json ids = nlohmann::json::array();
+  for (uint64_t i = 0; i < count; ++i) ids.push_back(create_instance(name, resolved->params, steps, timeout));
+  return {{"instances", ids}};
+}
+
+nlohmann::json Master::instance_summary(const Instance& inst) const {
+  nlohmann::json j = {{"id", inst.id}, {"job", inst.job}, {"state", state_name(inst.state)},
+                      {"attempt", inst.attempt}};
+  if (!inst.member.empty()) j["member"] = inst.member;
+  if (is_terminal(inst.state) && inst.state != InstanceState::Lost) {
+    j["exit_code"] = inst.exit_code;
+    j["duration_ms"] = inst.duration_ms;
+  }
+  if (!inst.history.empty()) j["created"] = static_cast<double>(inst.history.front().ts_us) / 1e6;
+  return j;
+}
+
+nlohmann::json Master::api_instances(const nlohmann::json& args) {
+  std::optional<std::string> job;
+  std::optional<InstanceState> state;
+  size_t limit = 1000;
+  if (args.contains("job")) job = need_string(args, "job");
+  if (args.contains("state")) {
+    auto s = parse_state(need_string(args, "state"));
+    if (!s) throw ApiError{"unknown state '" + args["state"].get<std::string>() +
+                           "' (queued, assigned, running, succeeded, failed, cancelled, timed_out, lost)"};
+    state = s;
+  }
+  if (args.contains("limit")) {
+    if (!args["limit"].is_number_unsigned()) throw ApiError{"argument 'limit' must be a number"};
+    limit = args["limit"].get<size_t>();
+  }
+  // Newest last; `limit` keeps the newest.
+  std::vector<const Instance*> hits;
+  for (auto it = instances_.rbegin(); it != instances_.rend() && (limit == 0 || hits.size() < limit); ++it) {
+    if (job && it->second.job != *job) continue;
+    if (state && it->second.state != *state) continue;
+    hits.push_back(&it->second);
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (auto it = hits.rbegin(); it != hits.rend(); ++it) out.push_back(instance_summary(**it));
+  return {{"instances", out}};
+}
+
+nlohmann::json Master::api_instance_show(const nlohmann::json& args) {
+  uint64_t id = need_id(args, "id");
+  auto it = instances_.find(id);
+  if (it == instances_.end()) throw ApiError{"no instance " + std::to_string(id)};
+  const Instance& inst = it->second;
+  nlohmann::json j = instance_summary(inst);
+  j["params"] = inst.params;
+  j["output"] = inst.output;
+  j["error"] = inst.error;
+  j["failed_step"] = inst.failed_step;
+  nlohmann::json hist = nlohmann::json::array();
+  for (const auto& t : inst.history) {
+    nlohmann::json h = {{"state", state_name(t.state)}, {"ts", static_cast<double>(t.ts_us) / 1e6},
+                        {"attempt", t.attempt}};
+    if (!t.member.empty()) h["member"] = t.member;
+    hist.push_back(h);
+  }
+  j["history"] = hist;
+  return j;
+}
+
+nlohmann::json Master::api_cancel(const nlohmann::json& args) {
+  uint64_t id = need_id(args, "id");
+  auto it = instances_.find(id);
+  if (it == instances_.end()) throw ApiError{"no instance " + std::to_string(id)};
+  Instance& inst = it->second;
+  if (is_terminal(inst.state)) throw ApiError{"instance " + std::to_string(id) + " already ended (" +
+                                              std::string(state_name(inst.state)) + ")"};
+  if (inst.state == InstanceState::Queued) {
+    transition(inst, InstanceEvent::Cancel);  // the waiting line skips it
+    notify_waiters(inst);
+    return {{"instance", id}, {"state", "cancelled"}};
+  }
+  inst.cancel_requested = true;
+  auto m = members_.find(inst.member);
+  if (m != members_.end()) send_to(m->second, proto::Cancel{inst.id, inst.attempt});
+  return {{"instance", id}, {"state", "cancelling"}};
+}
+
+nlohmann::json Master::api_workers(const nlohmann::json&) {
+  nlohmann::json out = nlohmann::json::array();
+  auto now = Clock::now();
+  for (const auto& [id, m] : members_) {
+    out.push_back({{"name", m.name},
+                   {"state", member_state_name(m.state)},
+                   {"local", m.local},
+                   {"slots", m.slots},
+                   {"in_flight", m.in_flight.size()},
+                   {"finished", m.finished},
+                   {"tags", m.tags},
+                   {"version", m.version},
+                   {"last_seen_ms", std::chrono::duration_cast<std::chrono::milliseconds>(now - m.last_seen).count()}});
+  }
+  return {{"workers", out}};
+}
+
+nlohmann::json Master::api_stats(const nlohmann::json&) {
+  nlohmann::json by_state = nlohmann::json::object();
+  for (const auto& [id, inst] : instances_) by_state[std::string(state_name(inst.state))] = by_state.value(std::string(state_name(inst.state)), 0) + 1;
+  return {{"malformed_workers", counters_.malformed_workers},
+          {"malformed_api", counters_.malformed_api},
+          {"refused_version", counters_.refused_version},
+          {"unexpected_messages", counters_.unexpected_messages},
+          {"late_results", counters_.late_results},
+          {"api_requests", counters_.api_requests},
+          {"dispatched", counters_.dispatched},
+          {"events_published", events_->last_seq()},
+          {"waiting", waiting_.size()},
+          {"instances", by_state},
+          {"jobs", jobs_.size()}};
+}
+
+nlohmann::json Master::api_ping(const nlohmann::json& args) {
+  // Publishes a marker on the tap, so a subscriber can tell when it is connected.
+  proto::Event ev;
+  ev.type = "tap.ping";
+  if (args.contains("token")) ev.detail = need_string(args, "token");
+  events_->publish(std::move(ev));
+  return {{"seq", events_->last_seq()}};
+}
+
+bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::json& args, nlohmann::json& out) {
+  const auto& ids = need(args, "ids");
+  if (!ids.is_array() || ids.empty()) throw ApiError{"argument 'ids' must be a non-empty list"};
+  uint64_t timeout_ms = 10000;
+  if (args.contains("timeout_ms")) {
+    if (!args["timeout_ms"].is_number_unsigned()) throw ApiError{"argument 'timeout_ms' must be a number"};
+    timeout_ms = std::min<uint64_t>(args["timeout_ms"].get<uint64_t>(), 60000);
+  }
+  Waiter w;
+  w.client = client;
+  w.req = req;
+  for (const auto& v : ids) {
+    if (!v.is_number_unsigned()) throw ApiError{"ids must be instance ids"};
+    uint64_t id = v.get<uint64_t>();
+    auto it = instances_.find(id);
+    if (it == instances_.end()) throw ApiError{"no instance " + std::to_string(id)};
+    w.ids.push_back(id);
+    bool final_state = is_terminal(it->second.state) &&
+                       !(it->second.state == InstanceState::Lost && it->second.attempt < opt_.max_attempts);
+    if (!final_state) ++w.remaining;
+  }
+  if (w.remaining == 0) {
+    out["done"] = true;
+    out["instances"] = nlohmann::json::array();
+    for (uint64_t id : w.ids) out["instances"].push_back(instance_summary(instances_[id]));
+    return true;
+  }
+  w.deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  waiters_.push_back(std::move(w));
+  auto wit = std::prev(waiters_.end());
+  for (uint64_t id : wit->ids) {
+    const auto& inst = instances_[id];
+    if (!is_terminal(inst.state)) waiters_by_instance_.emplace(id, wit);
+  }
+  return false;
+}
+
+}  // namespace zf

@@ -1,0 +1,32 @@
+// The lifecycle of a job instance as an explicit state machine; next_state()
+// is the one place where its transitions are defined.
+//   queued -> assigned -> running -> succeeded | failed | cancelled | timed_out
+//   assigned | running -> lost -> (re-queued as a new attempt) queued
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+namespace zf {
+
+enum class InstanceState { Queued, Assigned, Running, Succeeded, Failed, Cancelled, TimedOut, Lost };
+
+enum class InstanceEvent {
+  Dispatch,  // the master sent ASSIGN to a member
+  Start,     // the member reported STARTED
+  Succeed,   // FINISHED succeeded
+  Fail,      // FINISHED failed
+  TimeOut,   // FINISHED timed_out
+  Cancel,    // removed while queued, or FINISHED cancelled
+  Lose,      // its member vanished
+  Requeue,   // a lost instance is retried as a new attempt
+};
+
+std::string_view state_name(InstanceState s);
+std::optional<InstanceState> parse_state(std::string_view name);
+std::string_view instance_event_name(InstanceEvent e);
+// Terminal for this attempt. Lost is terminal unless the instance is re-queued.
+bool is_terminal(InstanceState s);
+std::optional<InstanceState> next_state(InstanceState s, InstanceEvent e);
+
+}  // namespace zf

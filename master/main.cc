@@ -1,0 +1,88 @@
+// zforce-master: holds the jobs, turns runs into instances, and dispatches
+// them to its members.
+#include <cstdlib>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+
+#include "common/duration.h"
+#include "common/log.h"
+#include "common/signals.h"
+#include "master/master.h"
+
+namespace {
+
+// Without keys, only loopback (and inproc/ipc) endpoints may be bound unless
+// the operator says --insecure: an open api lets anyone run commands.
+bool is_loopback_endpoint(const std::string& ep) {
+  if (ep.rfind("inproc://", 0) == 0 || ep.rfind("ipc://", 0) == 0) return true;
+  if (ep.rfind("tcp://", 0) != 0) return false;
+  std::string host = ep.substr(6, ep.rfind(':') == std::string::npos ? std::string::npos : ep.rfind(':') - 6);
+  return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
+}
+
+std::string default_data_dir() {
+  if (const char* s = std::getenv("XDG_STATE_HOME"); s && *s) return std::string(s) + "/zforce";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/state/zforce";
+  return "zforce-data";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"zforce-master: the zforce cluster's master"};
+  zf::MasterOptions opt;
+  opt.data_dir = default_data_dir();
+  opt.local_slots = std::max(1u, std::thread::hardware_concurrency());
+  std::string heartbeat = "250ms";
+  bool verbose = false;
+  app.add_option("--workers", opt.workers, "endpoint for workers (ROUTER)")->capture_default_str();
+  app.add_option("--api", opt.api, "endpoint for clients (ROUTER)")->capture_default_str();
+  app.add_option("--events", opt.events, "endpoint of the event tap (PUB)")->capture_default_str();
+  app.add_option("--data", opt.data_dir, "folder for the master's files")->capture_default_str();
+  app.add_option("--local-slots", opt.local_slots,
+                 "instances the master runs itself (default: number of cores; 0 = dispatch only)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 100000u));
+  app.add_option("--heartbeat", heartbeat, "heartbeat interval, both ways")->capture_default_str();
+  app.add_option("--liveness", opt.liveness, "missed heartbeats before a member is lost")
+      ->capture_default_str()
+      ->check(CLI::Range(2u, 100u));
+  app.add_option("--max-attempts", opt.max_attempts, "attempts of an instance whose member is lost")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 100u));
+  app.add_flag("--insecure", opt.insecure, "allow binding non-loopback addresses without keys");
+  app.add_flag("-v,--verbose", verbose, "debug logging");
+  CLI11_PARSE(app, argc, argv);
+
+  zf::log::set_component("master");
+  if (verbose) zf::log::set_min_level(zf::log::Level::Debug);
+  auto hb = zf::parse_duration(heartbeat);
+  if (!hb.ok() || hb->count() < 10) {
+    std::fprintf(stderr, "zforce-master: --heartbeat: %s\n",
+                 hb.ok() ? "must be at least 10ms" : hb.error().message.c_str());
+    return 64;
+  }
+  opt.heartbeat = *hb;
+  for (const auto* ep : {&opt.workers, &opt.api, &opt.events}) {
+    if (!is_loopback_endpoint(*ep)) {
+      if (!opt.insecure) {
+        std::fprintf(stderr,
+                     "zforce-master: refusing to bind %s without keys: anyone who reaches it could run "
+                     "commands on the cluster. Bind loopback, or pass --insecure.\n",
+                     ep->c_str());
+        return 64;
+      }
+      zf::log::warn("INSECURE: binding " + *ep + " without authentication (--insecure)");
+    }
+  }
+
+  auto sigfd = zf::block_stop_signals_into_fd();
+  if (!sigfd.ok()) {
+    zf::log::error(sigfd.error().message);
+    return 1;
+  }
+  opt.stop_fd = *sigfd;
+  zf::Master master(opt);
+  return master.run();
+}

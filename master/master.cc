@@ -1,0 +1,549 @@
+#include "master/master.h"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "common/zmq_util.h"
+#include "worker/worker.h"
+
+namespace zf {
+
+namespace {
+const char* kLocalEndpoint = "inproc://zforce-local-slots";
+const char* kLocalName = "master";
+
+std::string ms_string(Clock::duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+}  // namespace
+
+Master::Master(MasterOptions options) : opt_(std::move(options)), ctx_(1) {}
+
+Master::~Master() {
+  stop_local_worker();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+Status Master::bind_all() {
+  std::error_code ec;
+  std::filesystem::create_directories(opt_.data_dir, ec);
+  if (ec) return make_error("cannot create data folder '" + opt_.data_dir + "': " + ec.message());
+  std::string lock_path = opt_.data_dir + "/master.lock";
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) return make_error("cannot open " + lock_path + ": " + std::strerror(errno));
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
+    return make_error("another master is using the data folder '" + opt_.data_dir + "' (" + lock_path + " is locked)");
+
+  try {
+    auto router = [&](const std::string& ep) {
+      auto s = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::router);
+      // Without MANDATORY a message to a vanished peer disappears silently;
+      // with it we learn at once and can treat the member as lost.
+      s->set(zmq::sockopt::router_mandatory, 1);
+      s->set(zmq::sockopt::maxmsgsize, proto::kMaxMessageBytes);
+      s->set(zmq::sockopt::linger, 0);
+      s->set(zmq::sockopt::sndhwm, 100'000);
+      s->set(zmq::sockopt::rcvhwm, 100'000);
+      s->bind(ep);
+      return s;
+    };
+    workers_ = router(opt_.workers);
+    // A worker that reconnects under its name takes over its old routing id.
+    workers_->set(zmq::sockopt::router_handover, 1);
+    api_ = router(opt_.api);
+    events_ = std::make_unique<EventPublisher>(ctx_, opt_.events);
+    if (opt_.local_slots > 0) {
+      local_ = router(kLocalEndpoint);
+      local_->set(zmq::sockopt::router_handover, 1);
+    }
+  } catch (const zmq::error_t& e) {
+    return make_error(std::string("cannot bind: ") + e.what());
+  }
+  return write_endpoints_file();
+}
+
+Status Master::write_endpoints_file() {
+  nlohmann::json j = {{"workers", last_endpoint(*workers_)},
+                      {"api", last_endpoint(*api_)},
+                      {"events", events_->endpoint()},
+                      {"pid", ::getpid()}};
+  std::string path = opt_.data_dir + "/endpoints.json";
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << j.dump() << "\n";
+    if (!out) return make_error("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    return make_error("cannot rename " + tmp + ": " + std::strerror(errno));
+  log::info("listening: workers " + j["workers"].get<std::string>() + ", api " + j["api"].get<std::string>() +
+            ", events " + j["events"].get<std::string>());
+  return {};
+}
+
+void Master::start_local_worker() {
+  if (opt_.local_slots == 0) return;
+  local_stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  WorkerOptions w;
+  w.master = kLocalEndpoint;
+  w.name = kLocalName;
+  w.slots = opt_.local_slots;
+  w.stop_fd = local_stop_fd_;
+  w.heartbeat = opt_.heartbeat;
+  w.liveness = opt_.liveness;
+  local_thread_ = std::thread([this, w]() {
+    Worker worker(ctx_, w);
+    worker.run();
+  });
+}
+
+void Master::stop_local_worker() {
+  if (!local_thread_.joinable()) return;
+  uint64_t one = 1;
+  ssize_t n = ::write(local_stop_fd_, &one, sizeof one);
+  (void)n;
+  local_thread_.join();
+  ::close(local_stop_fd_);
+  local_stop_fd_ = -1;
+}
+
+// ---- members -----------------------------------------------------------------
+
+bool Master::send_to(Member& m, const proto::Message& msg) {
+  std::string bytes = proto::encode(msg);
+  auto s = send_multipart(*m.socket, {m.id, bytes});
+  if (!s.ok()) {
+    log::warn("cannot reach member '" + m.name + "': " + s.error().message);
+    member_event(m, MemberEvent::Unreachable);
+    return false;
+  }
+  m.last_sent = Clock::now();
+  return true;
+}
+
+void Master::refuse(zmq::socket_t& s, const std::string& id, const std::string& reason) {
+  std::string bytes = proto::encode(proto::Refused{reason});
+  (void)send_multipart(s, {id, bytes});
+}
+
+void Master::member_event(Member& m, MemberEvent e) {
+  auto next = member_next(m.state, e);
+  if (!next) {
+    log::debug("member '" + m.name + "': event " + std::string(member_event_name(e)) + " ignored in state " +
+               std::string(member_state_name(m.state)));
+    return;
+  }
+  MemberState before = m.state;
+  m.state = *next;
+  if (before == m.state) return;
+  log::info("member '" + m.name + "': " + std::string(member_state_name(before)) + " -> " +
+            std::string(member_state_name(m.state)) + " on " + std::string(member_event_name(e)));
+  proto::Event ev;
+  ev.member = m.name;
+  if (m.state == MemberState::Lost || m.state == MemberState::Left) {
+    ev.type = m.state == MemberState::Lost ? "member.lost" : "member.left";
+    events_->publish(ev);
+    release_member_instances(m);
+  } else if (m.state == MemberState::Active && !is_present(before)) {
+    ev.type = "member.joined";
+    ev.detail = std::to_string(m.slots) + " slots";
+    events_->publish(ev);
+  } else if (m.state == MemberState::Draining) {
+    ev.type = "member.draining";
+    events_->publish(ev);
+  }
+  dispatch_needed_ = true;
+}
+
+// Everything a vanished member held becomes lost and, while attempts remain,
+// goes back to the front of the line as a new attempt.
+void Master::release_member_instances(Member& m) {
+  std::vector<uint64_t> held(m.in_flight.begin(), m.in_flight.end());
+  std::vector<uint64_t> requeue;
+  for (uint64_t id : held) {
+    auto it = instances_.find(id);
+    if (it == instances_.end()) continue;
+    Instance& inst = it->second;
+    free_slot(inst);
+    transition(inst, InstanceEvent::Lose);
+    if (!inst.cancel_requested && inst.attempt < opt_.max_attempts) requeue.push_back(id);
+    else notify_waiters(inst);
+  }
+  m.in_flight.clear();
+  std::fill(m.slot_used.begin(), m.slot_used.end(), false);
+  // Oldest first at the very front.
+  for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) {
+    Instance& inst = instances_[*it];
+    inst.attempt += 1;
+    transition(inst, InstanceEvent::Requeue);
+    waiting_.push_front(inst.id);
+  }
+}
+
+void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto::Ready& r, Clock::time_point now) {
+  if (r.name != id) return refuse(s, id, "READY name '" + r.name + "' does not match the routing id");
+  if (!local && r.name == kLocalName) return refuse(s, id, "the name 'master' is reserved for the master's own slots");
+  if (r.slots == 0 || r.slots > 100000) return refuse(s, id, "slots must be between 1 and 100000");
+  auto [it, fresh] = members_.try_emplace(id);
+  Member& m = it->second;
+  if (!fresh && m.local != local) return refuse(s, id, "name '" + id + "' is in use");
+  if (fresh) {
+    m.id = id;
+    m.name = r.name;
+    m.state = MemberState::Lost;  // so that Ready makes it join
+  }
+  m.local = local;
+  m.socket = &s;
+  m.tags = r.tags;
+  m.version = r.version;
+  m.last_seen = now;
+  if (!is_present(m.state)) {
+    m.slots = r.slots;
+    m.slot_used.assign(r.slots, false);
+    m.joined_us = wall_clock_us();
+  } else {
+    // A re-registration while we still count it present: reconcile. What we
+    // think it runs but it does not report is lost; the rest stays.
+    std::set<uint64_t> reported;
+    for (const auto& ri : r.running) reported.insert(ri.instance);
+    std::vector<uint64_t> gone;
+    for (uint64_t iid : m.in_flight)
+      if (!reported.count(iid)) gone.push_back(iid);
+    for (uint64_t iid : gone) {
+      Instance& inst = instances_[iid];
+      free_slot(inst);
+      transition(inst, InstanceEvent::Lose);
+      if (inst.attempt < opt_.max_attempts && !inst.cancel_requested) {
+        inst.attempt += 1;
+        transition(inst, InstanceEvent::Requeue);
+        waiting_.push_front(iid);
+      } else {
+        notify_waiters(inst);
+      }
+    }
+    m.slots = r.slots;
+    if (m.slot_used.size() < r.slots) m.slot_used.resize(r.slots, false);
+  }
+  member_event(m, MemberEvent::Ready);
+  send_to(m, proto::Welcome{static_cast<uint32_t>(opt_.heartbeat.count()), opt_.liveness});
+  // Instances it still runs that are not (or no longer) its own are stopped there.
+  for (const auto& ri : r.running) {
+    auto iit = instances_.find(ri.instance);
+    bool ours = iit != instances_.end() && iit->second.member == m.name && iit->second.attempt == ri.attempt &&
+                (iit->second.state == InstanceState::Assigned || iit->second.state == InstanceState::Running);
+    if (!ours) send_to(m, proto::Cancel{ri.instance, ri.attempt});
+  }
+  dispatch_needed_ = true;
+}
+
+void Master::on_worker_message(zmq::socket_t& s, bool local, const std::string& id, proto::Message& msg,
+                               Clock::time_point now) {
+  if (auto* r = std::get_if<proto::Ready>(&msg)) return on_ready(s, local, id, *r, now);
+  auto it = members_.find(id);
+  if (it == members_.end() || !is_present(it->second.state) || it->second.socket != &s) {
+    // Before admission only READY is accepted. A well-formed message from a
+    // peer we do not know (e.g. we restarted) tells it to register again.
+    ++counters_.unexpected_messages;
+    if (std::holds_alternative<proto::Finished>(msg) || std::holds_alternative<proto::Heartbeat>(msg) ||
+        std::holds_alternative<proto::Started>(msg)) {
+      std::string bytes = proto::encode(proto::Disconnect{"not registered: send READY"});
+      (void)send_multipart(s, {id, bytes});
+    }
+    return;
+  }
+  Member& m = it->second;
+  m.last_seen = now;
+  if (std::holds_alternative<proto::Heartbeat>(msg)) return;
+  if (const auto* st = std::get_if<proto::Started>(&msg)) return on_started(m, *st);
+  if (const auto* f = std::get_if<proto::Finished>(&msg)) return on_finished(m, *f);
+  if (std::holds_alternative<proto::Disconnect>(msg)) return member_event(m, MemberEvent::Disconnect);
+  ++counters_.unexpected_messages;
+  log::warn("member '" + m.name + "' sent unexpected " + std::string(proto::msg_type_name(proto::type_of(msg))));
+}
+
+void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
+  std::vector<zmq::message_t> parts;
+  auto now = Clock::now();
+  for (int n = 0; n < 1024 && recv_multipart(s, parts); ++n) {
+    if (parts.size() != 2) {
+      ++counters_.malformed_workers;
+      uint64_t suppressed = 0;
+      if (bad_traffic_log_.allow(now, suppressed))
+        log::warn("dropped a " + std::to_string(parts.size() - 1) + "-frame message on the workers endpoint (" +
+                  std::to_string(suppressed) + " more suppressed)");
+      continue;
+    }
+    std::string id(view(parts[0]));
+    auto d = proto::decode(parts[1].data(), parts[1].size());
+    if (auto* err = std::get_if<proto::DecodeError>(&d)) {
+      uint64_t suppressed = 0;
+      bool say = bad_traffic_log_.allow(now, suppressed);
+      if (err->kind == proto::DecodeFailure::VersionMismatch) {
+        ++counters_.refused_version;
+        refuse(s, id, err->reason);
+        if (say) log::warn("refused a peer on the workers endpoint: " + err->reason);
+      } else {
+        ++counters_.malformed_workers;
+        if (say)
+          log::warn("dropped a malformed message on the workers endpoint: " + err->reason + " [" +
+                    proto::sanitize_sample(parts[1].data(), parts[1].size()) + "] (" + std::to_string(suppressed) +
+                    " more suppressed)");
+      }
+      continue;
+    }
+    on_worker_message(s, local, id, std::get<proto::Message>(d), now);
+  }
+}
+
+// ---- instances ---------------------------------------------------------------
+
+uint64_t Master::create_instance(const std::string& job, std::map<std::string, std::string> params,
+                                 std::shared_ptr<const std::vector<proto::StepSpec>> steps, uint64_t timeout_ms) {
+  uint64_t id = next_instance_id_++;
+  Instance& inst = instances_[id];
+  inst.id = id;
+  inst.job = job;
+  inst.params = std::move(params);
+  inst.steps = std::move(steps);
+  inst.timeout_ms = timeout_ms;
+  inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, ""});
+  proto::Event ev;
+  ev.type = "instance.queued";
+  ev.instance = id;
+  ev.job = job;
+  ev.queue = "default";
+  ev.attempt = 1;
+  events_->publish(std::move(ev));
+  waiting_.push_back(id);
+  dispatch_needed_ = true;
+  return id;
+}
+
+void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> exit_code) {
+  auto next = next_state(inst.state, e);
+  if (!next) {
+    log::error("instance " + std::to_string(inst.id) + ": event " + std::string(instance_event_name(e)) +
+               " is not allowed in state " + std::string(state_name(inst.state)) + "; ignored");
+    return;
+  }
+  inst.state = *next;
+  inst.history.push_back({inst.state, wall_clock_us(), inst.attempt, inst.member});
+  proto::Event ev;
+  ev.type = "instance." + std::string(state_name(inst.state));
+  ev.instance = inst.id;
+  ev.job = inst.job;
+  ev.queue = "default";
+  ev.attempt = inst.attempt;
+  if (!inst.member.empty() && inst.state != InstanceState::Queued) ev.member = inst.member;
+  if (inst.slot >= 0 && (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running))
+    ev.slot = inst.slot;
+  if (exit_code) ev.exit_code = *exit_code;
+  events_->publish(std::move(ev));
+  if (inst.state == InstanceState::Queued) {
+    inst.member.clear();
+    inst.slot = -1;
+  }
+}
+
+void Master::free_slot(Instance& inst) {
+  auto it = members_.find(inst.member);
+  if (it == members_.end()) return;
+  Member& m = it->second;
+  m.in_flight.erase(inst.id);
+  if (inst.slot >= 0 && static_cast<size_t>(inst.slot) < m.slot_used.size()) m.slot_used[inst.slot] = false;
+  dispatch_needed_ = true;
+}
+
+void Master::on_started(Member& m, const proto::Started& s) {
+  auto it = instances_.find(s.instance);
+  if (it == instances_.end() || it->second.member != m.name || it->second.attempt != s.attempt ||
+      it->second.state != InstanceState::Assigned) {
+    ++counters_.late_results;
+    log::debug("STARTED for instance " + std::to_string(s.instance) + " attempt " + std::to_string(s.attempt) +
+               " from '" + m.name + "' does not match; ignored");
+    return;
+  }
+  transition(it->second, InstanceEvent::Start);
+}
+
+void Master::on_finished(Member& m, const proto::Finished& f) {
+  // Acknowledge every result, applied or not, so the worker stops resending it.
+  send_to(m, proto::FinishedAck{f.instance, f.attempt});
+  auto it = instances_.find(f.instance);
+  if (it == instances_.end() || it->second.member != m.name || it->second.attempt != f.attempt ||
+      (it->second.state != InstanceState::Assigned && it->second.state != InstanceState::Running)) {
+    ++counters_.late_results;
+    log::info("result of instance " + std::to_string(f.instance) + " attempt " + std::to_string(f.attempt) +
+              " from '" + m.name + "' is stale (already applied or superseded); ignored");
+    return;
+  }
+  Instance& inst = it->second;
+  free_slot(inst);
+  ++m.finished;
+  inst.exit_code = f.exit_code;
+  inst.failed_step = f.failed_step;
+  inst.duration_ms = f.duration_ms;
+  inst.error = f.error;
+  inst.output = f.output;
+  InstanceEvent e = InstanceEvent::Fail;
+  if (f.status == "succeeded") e = InstanceEvent::Succeed;
+  else if (f.status == "timed_out") e = InstanceEvent::TimeOut;
+  else if (f.status == "cancelled") e = InstanceEvent::Cancel;
+  transition(inst, e, f.exit_code);
+  notify_waiters(inst);
+}
+
+// Least loaded member with a free slot: lowest in-flight/slots, then name.
+Member* Master::pick_member() {
+  Member* best = nullptr;
+  for (auto& [id, m] : members_) {
+    if (m.state != MemberState::Active || m.in_flight.size() >= m.slots) continue;
+    if (!best || m.in_flight.size() * best->slots < best->in_flight.size() * m.slots) best = &m;
+  }
+  return best;
+}
+
+void Master::dispatch() {
+  dispatch_needed_ = false;
+  while (!waiting_.empty()) {
+    uint64_t id = waiting_.front();
+    auto it = instances_.find(id);
+    if (it == instances_.end() || it->second.state != InstanceState::Queued) {
+      waiting_.pop_front();  // cancelled while waiting
+      continue;
+    }
+    Member* m = pick_member();
+    if (!m) return;
+    waiting_.pop_front();
+    Instance& inst = it->second;
+    int slot = 0;
+    while (static_cast<size_t>(slot) < m->slot_used.size() && m->slot_used[slot]) ++slot;
+    if (static_cast<size_t>(slot) < m->slot_used.size()) m->slot_used[slot] = true;
+    inst.member = m->name;
+    inst.slot = slot;
+    m->in_flight.insert(id);
+    ++counters_.dispatched;
+    transition(inst, InstanceEvent::Dispatch);
+    proto::Assign a;
+    a.instance = id;
+    a.attempt = inst.attempt;
+    a.job = inst.job;
+    a.params = inst.params;
+    a.steps = *inst.steps;
+    a.timeout_ms = inst.timeout_ms;
+    // If the send fails the member is lost, which puts the instance back.
+    send_to(*m, a);
+  }
+}
+
+void Master::notify_waiters(const Instance& inst) {
+  auto [b, e] = waiters_by_instance_.equal_range(inst.id);
+  std::vector<std::list<Waiter>::iterator> done;
+  for (auto it = b; it != e; ++it) {
+    auto w = it->second;
+    if (--w->remaining == 0) done.push_back(w);
+  }
+  waiters_by_instance_.erase(b, e);
+  for (auto w : done) {
+    nlohmann::json out;
+    out["done"] = true;
+    out["instances"] = nlohmann::json::array();
+    for (uint64_t id : w->ids) out["instances"].push_back(instance_summary(instances_[id]));
+    reply(w->client, w->req, true, "", std::move(out));
+    for (uint64_t id : w->ids) {
+      auto [bb, ee] = waiters_by_instance_.equal_range(id);
+      for (auto it = bb; it != ee;) it = it->second == w ? waiters_by_instance_.erase(it) : std::next(it);
+    }
+    waiters_.erase(w);
+  }
+}
+
+// ---- loop --------------------------------------------------------------------
+
+void Master::on_timer(Clock::time_point now) {
+  auto expiry = opt_.heartbeat * opt_.liveness;
+  for (auto& [id, m] : members_) {
+    if (!is_present(m.state)) continue;
+    if (now - m.last_seen > expiry) {
+      log::warn("member '" + m.name + "' silent for " + ms_string(now - m.last_seen) + "; declaring it lost");
+      member_event(m, MemberEvent::Expire);
+      continue;
+    }
+    if (now - m.last_sent >= opt_.heartbeat) send_to(m, proto::Heartbeat{});
+  }
+  for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (now < it->deadline) {
+      ++it;
+      continue;
+    }
+    nlohmann::json out;
+    out["done"] = false;
+    reply(it->client, it->req, true, "", out);
+    for (uint64_t id : it->ids) {
+      auto [b, e] = waiters_by_instance_.equal_range(id);
+      for (auto w = b; w != e;) w = w->second == it ? waiters_by_instance_.erase(w) : std::next(w);
+    }
+    it = waiters_.erase(it);
+  }
+}
+
+Clock::time_point Master::next_wakeup(Clock::time_point now) const {
+  Clock::time_point t = now + std::chrono::seconds(10);
+  auto expiry = opt_.heartbeat * opt_.liveness;
+  for (const auto& [id, m] : members_) {
+    if (!is_present(m.state)) continue;
+    t = std::min(t, m.last_sent + opt_.heartbeat);
+    t = std::min(t, m.last_seen + expiry + std::chrono::milliseconds(1));
+  }
+  for (const auto& w : waiters_) t = std::min(t, w.deadline);
+  return t;
+}
+
+void Master::shut_down() {
+  log::info("stopping");
+  for (auto& [id, m] : members_)
+    if (is_present(m.state) && !m.local) {
+      std::string bytes = proto::encode(proto::Disconnect{"master stopping"});
+      (void)send_multipart(*m.socket, {m.id, bytes});
+    }
+  stop_local_worker();
+}
+
+int Master::run() {
+  if (auto s = bind_all(); !s.ok()) {
+    log::error(s.error().message);
+    return 1;
+  }
+  start_local_worker();
+  std::vector<zmq::pollitem_t> items;
+  while (!stopping_) {
+    auto now = Clock::now();
+    items.clear();
+    items.push_back({workers_->handle(), 0, ZMQ_POLLIN, 0});
+    items.push_back({api_->handle(), 0, ZMQ_POLLIN, 0});
+    items.push_back({local_ ? local_->handle() : nullptr, -1, static_cast<short>(local_ ? ZMQ_POLLIN : 0), 0});
+    items.push_back({nullptr, opt_.stop_fd, static_cast<short>(opt_.stop_fd >= 0 ? ZMQ_POLLIN : 0), 0});
+    auto wake = next_wakeup(now);
+    auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
+    if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
+    zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
+    if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) break;
+    if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
+    if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
+    if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
+    on_timer(Clock::now());
+    if (dispatch_needed_) dispatch();
+  }
+  shut_down();
+  return 0;
+}
+
+}  // namespace zf

@@ -1,0 +1,191 @@
+// zforce-master's core: one event loop thread that owns the worker and api
+// ROUTER sockets, the member registry, the job table, the instances and the
+// waiting line, and publishes every change on the tap. Nothing here is
+// touched by another thread; the local worker runs on its own thread and
+// talks to this loop only over inproc://.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <list>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+
+#include "common/duration.h"
+#include "common/job.h"
+#include "common/log.h"
+#include "common/protocol.h"
+#include "master/event_publisher.h"
+#include "master/instance_state.h"
+#include "master/member_state.h"
+
+namespace zf {
+
+using Clock = std::chrono::steady_clock;
+
+struct MasterOptions {
+  std::string workers = "tcp://127.0.0.1:7100";
+  std::string api = "tcp://127.0.0.1:7101";
+  std::string events = "tcp://127.0.0.1:7102";
+  std::string data_dir;
+  uint32_t local_slots = 1;
+  Millis heartbeat{250};
+  uint32_t liveness = 4;
+  // Attempts an instance gets when its member is lost (1 = never retried).
+  uint32_t max_attempts = 3;
+  bool insecure = false;
+  int stop_fd = -1;  // readable when the master must stop
+};
+
+// A cluster member (a remote worker or the master's local slots).
+struct Member {
+  std::string id;  // ZeroMQ routing id; equals the name
+  std::string name;
+  bool local = false;
+  zmq::socket_t* socket = nullptr;  // the ROUTER it is reached through
+  MemberState state = MemberState::Active;
+  uint32_t slots = 0;
+  std::vector<std::string> tags;
+  std::string version;
+  std::set<uint64_t> in_flight;
+  std::vector<bool> slot_used;  // which of its slots hold an instance
+  Clock::time_point last_seen{};
+  Clock::time_point last_sent{};
+  int64_t joined_us = 0;
+  uint64_t finished = 0;
+};
+
+struct Transition {
+  InstanceState state;
+  int64_t ts_us;
+  uint32_t attempt;
+  std::string member;
+};
+
+struct Instance {
+  uint64_t id = 0;
+  std::string job;
+  uint32_t attempt = 1;
+  InstanceState state = InstanceState::Queued;
+  std::map<std::string, std::string> params;
+  std::shared_ptr<const std::vector<proto::StepSpec>> steps;
+  uint64_t timeout_ms = 0;
+  std::string member;
+  int slot = -1;
+  int32_t exit_code = 0;
+  int32_t failed_step = -1;
+  uint64_t duration_ms = 0;
+  std::string error;
+  std::string output;
+  bool cancel_requested = false;
+  std::vector<Transition> history;
+};
+
+// A client waiting (api op `wait`) for instances to end.
+struct Waiter {
+  std::string client;
+  uint64_t req = 0;
+  std::vector<uint64_t> ids;
+  size_t remaining = 0;
+  Clock::time_point deadline;
+};
+
+struct Counters {
+  uint64_t malformed_workers = 0;
+  uint64_t malformed_api = 0;
+  uint64_t refused_version = 0;
+  uint64_t unexpected_messages = 0;
+  uint64_t late_results = 0;
+  uint64_t api_requests = 0;
+  uint64_t dispatched = 0;
+};
+
+class Master {
+ public:
+  explicit Master(MasterOptions options);
+  ~Master();
+
+  // Binds, starts the local worker, and runs the loop until stopped. 0 = clean stop.
+  int run();
+
+ private:
+  // --- loop
+  Status bind_all();
+  Status write_endpoints_file();
+  void start_local_worker();
+  void stop_local_worker();
+  void drain_worker_socket(zmq::socket_t& s, bool local);
+  void drain_api_socket();
+  void on_timer(Clock::time_point now);
+  Clock::time_point next_wakeup(Clock::time_point now) const;
+  void shut_down();
+
+  // --- members
+  void on_worker_message(zmq::socket_t& s, bool local, const std::string& id, proto::Message& m,
+                         Clock::time_point now);
+  void on_ready(zmq::socket_t& s, bool local, const std::string& id, proto::Ready& r, Clock::time_point now);
+  void member_event(Member& m, MemberEvent e);
+  void release_member_instances(Member& m);
+  bool send_to(Member& m, const proto::Message& msg);
+  void refuse(zmq::socket_t& s, const std::string& id, const std::string& reason);
+
+  // --- instances
+  uint64_t create_instance(const std::string& job, std::map<std::string, std::string> params,
+                           std::shared_ptr<const std::vector<proto::StepSpec>> steps, uint64_t timeout_ms);
+  void transition(Instance& inst, InstanceEvent e, std::optional<int32_t> exit_code = std::nullopt);
+  void on_started(Member& m, const proto::Started& s);
+  void on_finished(Member& m, const proto::Finished& f);
+  void free_slot(Instance& inst);
+  void dispatch();
+  Member* pick_member();
+  void notify_waiters(const Instance& inst);
+
+  // --- api (master/api.cc)
+  nlohmann::json handle_api(const std::string& client, const proto::ApiRequest& req, bool& deferred);
+  nlohmann::json api_job_put(const nlohmann::json& args);
+  nlohmann::json api_job_list(const nlohmann::json& args);
+  nlohmann::json api_job_show(const nlohmann::json& args);
+  nlohmann::json api_job_rm(const nlohmann::json& args);
+  nlohmann::json api_run(const nlohmann::json& args);
+  nlohmann::json api_instances(const nlohmann::json& args);
+  nlohmann::json api_instance_show(const nlohmann::json& args);
+  nlohmann::json api_cancel(const nlohmann::json& args);
+  nlohmann::json api_workers(const nlohmann::json& args);
+  nlohmann::json api_stats(const nlohmann::json& args);
+  nlohmann::json api_ping(const nlohmann::json& args);
+  bool api_wait(const std::string& client, uint64_t req, const nlohmann::json& args, nlohmann::json& out);
+  void reply(const std::string& client, uint64_t req, bool ok, const std::string& error, nlohmann::json result);
+  nlohmann::json instance_summary(const Instance& inst) const;
+
+  MasterOptions opt_;
+  zmq::context_t ctx_;
+  std::unique_ptr<zmq::socket_t> workers_;
+  std::unique_ptr<zmq::socket_t> local_;
+  std::unique_ptr<zmq::socket_t> api_;
+  std::unique_ptr<EventPublisher> events_;
+  std::thread local_thread_;
+  int local_stop_fd_ = -1;
+  int lock_fd_ = -1;
+
+  std::map<std::string, Member> members_;
+  std::map<std::string, Job> jobs_;
+  std::map<uint64_t, Instance> instances_;
+  std::deque<uint64_t> waiting_;
+  uint64_t next_instance_id_ = 1;
+  std::list<Waiter> waiters_;
+  std::unordered_multimap<uint64_t, std::list<Waiter>::iterator> waiters_by_instance_;
+  Counters counters_;
+  log::RateLimit bad_traffic_log_{10, std::chrono::seconds(10)};
+  bool dispatch_needed_ = false;
+  bool stopping_ = false;
+};
+
+}  // namespace zf

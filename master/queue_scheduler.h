@@ -1,0 +1,173 @@
+// Credit accounting of the master's execution queues.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/queue_config.h"
+#include "common/result.h"
+
+namespace zf {
+
+// Decides which waiting instance may start now, on which member and in which
+// slot, and takes back the credit when the instance ends. It is the only place
+// that counts queue credits and member slots, so "no start without a credit,
+// no credit leaked" can be checked here alone.
+//
+// Owns: the queue configurations it was given, the ids of waiting instances in
+// their order, one credit per in-flight instance (queue, member, member slot,
+// queue slot), the min_delay holds on queue slots, and the members' slot
+// counts. It does not own instances, jobs, sockets or clocks: the master's
+// event loop reports what happened and passes `now` in.
+//
+// Single-threaded: owned by the master's event loop and called only from it.
+//
+// Semantics the caller can rely on:
+//  * A queue's credit window is max_parallel × (eligible members alive),
+//    capped by max_total. Eligible members are those run_on allows, or those
+//    the fallback allows while none of the first kind is alive. Credits in use
+//    are the in-flight instances plus the queue slots held by min_delay,
+//    wherever they are (a credit on a member that is no longer eligible still
+//    counts until it ends). A window that shrinks below its use kills
+//    nothing; the queue just starts nothing until the use drops below it.
+//  * A start needs: a credit in the window, a member that is eligible, has a
+//    free member slot (in flight < slots) and fewer than max_parallel of this
+//    queue's slots in use on it. Among such members the least loaded
+//    (in flight / slots) wins, ties by name.
+//  * Order of waiting instances, within a queue and between queues competing
+//    for the same member slot: those re-queued to the front first, then higher
+//    priority, then earlier submission. A queue that cannot start anything
+//    never delays another one.
+//  * min_delay: the queue slot an instance ended in stays occupied until
+//    end + min_delay; the member slot is free at once. Holds are released by
+//    dispatch(now); next_deadline() says when the next one falls due. A
+//    changed min_delay moves existing holds to end + new min_delay. A member
+//    that goes away takes its holds with it.
+//  * Every end (finished, cancelled, timed out, member gone) returns the
+//    credit exactly once; a second end of the same instance is refused.
+//
+// Cost per call, with W waiting instances, Q queues and M members:
+//  * submit, cancel_waiting: O(log W + log Q).
+//  * finished, adopt: O(log W + log Q + log M).
+//  * dispatch: O(log H) per expired hold, then per started instance
+//    O(log W + log Q + (S + 1) · (log M + K)), where S is the number of
+//    wanting queues skipped because every free member of a class already has
+//    all their slots for that queue in use (at most the in-flight count plus
+//    the holds of any one free member of that class), and K the number of
+//    free members skipped for the same reason for one queue (at most the
+//    members where that queue is in use). Neither grows with W; neither needs
+//    a scan of all queues or all waiting instances.
+//  * member_joined (new member), member_gone, add_or_update_queue,
+//    remove_queue: O(Q log Q) plus the member's or queue's own credits. These
+//    follow operator actions and membership changes, not instance traffic.
+class QueueScheduler {
+ public:
+  using InstanceId = std::uint64_t;  // the instance id of the wire protocol
+  using TimePoint = std::chrono::steady_clock::time_point;
+
+  enum class EndReason { kFinished, kCancelled, kTimedOut };
+
+  // One credit handed out: start `instance` of `queue` on `member`.
+  struct Dispatch {
+    InstanceId instance = 0;
+    std::string queue;
+    std::string member;
+    int slot = 0;        // the member's slot, 0 ≤ slot < its slots (what the tap shows)
+    int queue_slot = 0;  // the queue's slot on that member, 0 ≤ queue_slot < max_parallel
+  };
+
+  // What `queue list` shows. Ended counters only grow; together they satisfy
+  //   dispatched + adopted = finished + cancelled + timed_out + lost + in_flight
+  //   submitted = waiting + cancelled_waiting + dispatched
+  struct QueueStats {
+    std::string name;
+    std::int64_t window = 0;        // credits the queue may use now
+    std::int64_t in_flight = 0;
+    std::int64_t held = 0;          // queue slots held by min_delay
+    std::int64_t waiting = 0;
+    std::int64_t eligible_members = 0;
+    std::int64_t submitted = 0;
+    std::int64_t dispatched = 0;
+    std::int64_t adopted = 0;
+    std::int64_t finished = 0;
+    std::int64_t cancelled = 0;     // ended by a cancel while running
+    std::int64_t timed_out = 0;
+    std::int64_t lost = 0;          // in flight on a member that left or was lost
+    std::int64_t cancelled_waiting = 0;
+  };
+
+  struct MemberStats {
+    std::string name;
+    bool is_master = false;
+    int slots = 0;
+    int in_flight = 0;
+  };
+
+  QueueScheduler();
+  ~QueueScheduler();
+  QueueScheduler(QueueScheduler&&) noexcept;
+  QueueScheduler& operator=(QueueScheduler&&) noexcept;
+  QueueScheduler(const QueueScheduler&) = delete;
+  QueueScheduler& operator=(const QueueScheduler&) = delete;
+
+  // Adds a queue, or replaces the configuration of the queue of that name.
+  // A replacement applies at once to waiting instances; running ones keep
+  // their credits. Error if the configuration is invalid (see validate()).
+  Status add_or_update_queue(QueueConfig config);
+  // Error while the queue has waiting or in-flight instances; its min_delay
+  // holds are dropped with it.
+  Status remove_queue(std::string_view name);
+
+  // A member registered with `slots` execution slots for all queues together.
+  // Joining again under the same name changes its slots (lowering them below
+  // its in-flight count kills nothing); changing between master and worker is
+  // refused: the member must go first.
+  Status member_joined(std::string_view name, bool is_master, int slots);
+  // The member left or was lost: to the credits both are the same. Returns the
+  // instances that were in flight on it, in their queue order; their credits
+  // are back. Error if no such member.
+  Result<std::vector<InstanceId>> member_gone(std::string_view name);
+
+  // Puts an instance in the waiting line of `queue`. `front`: re-queued after
+  // its member was lost, so it goes before every instance not re-queued.
+  // Error if the queue is unknown or the id is already waiting or in flight.
+  Status submit(InstanceId id, std::string_view queue, int priority = 0, bool front = false);
+  // Error if the instance is not waiting (a running one ends via finished()).
+  Status cancel_waiting(InstanceId id);
+  // The instance ended on a member that is still there. Error, and nothing
+  // changes, if it is not in flight (unknown, waiting, or already ended).
+  Status finished(InstanceId id, TimePoint now, EndReason reason = EndReason::kFinished);
+  // Takes a credit for an instance that a member reports it is running
+  // without this scheduler having dispatched it (after a master restart).
+  // It is already running, so neither the window nor the slots can refuse it.
+  Result<Dispatch> adopt(InstanceId id, std::string_view queue, std::string_view member);
+
+  // Releases the holds due at `now`, then starts up to `max_count` instances,
+  // each with one credit. After a call with the default max_count nothing
+  // that could start is left waiting.
+  std::vector<Dispatch> dispatch(TimePoint now,
+                                 std::size_t max_count = std::numeric_limits<std::size_t>::max());
+  // When the next min_delay hold falls due: the master loop should call
+  // dispatch() then. None if no slot is held.
+  std::optional<TimePoint> next_deadline() const;
+
+  std::optional<QueueStats> queue_stats(std::string_view name) const;
+  std::vector<QueueStats> all_queue_stats() const;    // by name
+  std::vector<MemberStats> all_member_stats() const;  // by name
+  // The credit of an in-flight instance; none if it is not in flight.
+  std::optional<Dispatch> in_flight(InstanceId id) const;
+  bool is_waiting(InstanceId id) const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace zf

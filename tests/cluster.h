@@ -1,0 +1,83 @@
+// A real cluster for tests: starts zforce-master and zforce-worker as
+// processes on loopback (ports chosen by the kernel, read back from the
+// master's endpoints.json), runs the zforce client, and records the tap.
+// Every process it starts is killed by pid and its temp folder removed when
+// it goes out of scope. Every wait has a timeout.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+
+namespace zf::test {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+struct CmdResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+class Cluster {
+ public:
+  Cluster();
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  // Starts the master (ports chosen by the kernel) and waits for its endpoints.
+  void start_master(std::vector<std::string> extra = {});
+  pid_t start_worker(const std::string& name, int slots, std::vector<std::string> extra = {});
+  // Spawns any program with stdout/stderr into files under the temp folder.
+  pid_t spawn(const std::vector<std::string>& argv, const std::string& log_name);
+
+  void signal(pid_t pid, int sig);
+  // Waits for the process to exit; returns its wait status or -1 on timeout.
+  int wait_exit(pid_t pid, std::chrono::milliseconds timeout);
+
+  // Runs the zforce client with --api/--events set; waits up to `timeout`.
+  CmdResult zforce(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s);
+
+  // Subscribes to the tap and waits until it is live (a tap.ping comes through).
+  void connect_tap();
+  // Receives tap events for up to `for_how_long`, until pred is true; true if it became true.
+  bool wait_for(const std::function<bool()>& pred, std::chrono::milliseconds for_how_long);
+  const std::vector<json>& events() const { return events_; }
+  std::vector<json> events_of(uint64_t instance) const;
+  size_t count(const std::string& type) const;
+
+  std::string write_file(const std::string& name, const std::string& text);
+  const std::string& dir() const { return dir_; }
+  const std::string& api() const { return api_; }
+  const std::string& workers_endpoint() const { return workers_; }
+  const std::string& events_endpoint() const { return events_ep_; }
+  pid_t master_pid() const { return master_pid_; }
+  std::string log_of(const std::string& name) const;
+  // CPU time (user+system, clock ticks) a process has used so far.
+  long cpu_ticks(pid_t pid) const;
+
+ private:
+  void pump(std::chrono::milliseconds max_wait);
+
+  std::string dir_;
+  std::string api_, workers_, events_ep_;
+  pid_t master_pid_ = -1;
+  std::vector<pid_t> pids_;
+  zmq::context_t ctx_{1};
+  std::unique_ptr<zmq::socket_t> sub_;
+  std::vector<json> events_;
+};
+
+std::string bin(const char* env_name);
+
+}  // namespace zf::test

@@ -1,0 +1,196 @@
+// Bad input gets a clear error and changes nothing; hostile bytes on any
+// endpoint are dropped and counted while the master keeps serving.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <random>
+#include <thread>
+
+#include "common/protocol.h"
+#include "tests/cluster.h"
+
+using namespace zf::test;
+
+namespace {
+
+json stats(Cluster& c) {
+  auto r = c.zforce({"--json", "stats"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  return json::parse(r.out);
+}
+
+int port_of(const std::string& endpoint) { return std::stoi(endpoint.substr(endpoint.rfind(':') + 1)); }
+
+// Raw TCP garbage: not even a ZeroMQ greeting.
+void send_raw_tcp(int port, const std::string& bytes) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  ssize_t n = ::write(fd, bytes.data(), bytes.size());
+  (void)n;
+  std::this_thread::sleep_for(20ms);
+  ::close(fd);
+}
+
+}  // namespace
+
+TEST_CASE("a broken job file is refused with file, line and field, and nothing changes") {
+  Cluster c;
+  c.start_master();
+  auto good = c.write_file("good.toml", "name = \"good\"\n[[steps]]\nrun = [\"true\"]\n");
+  auto bad = c.write_file("bad.toml", "name = \"bad\"\n[[steps]]\nrun = [\"echo\", 42]\n");
+  auto r = c.zforce({"job", "put", good, bad});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err == "zforce: " + bad + ":3:16: field 'steps[0].run[1]': expected a string\n");
+  auto list = c.zforce({"--json", "job", "list"});
+  CHECK(json::parse(list.out)["jobs"].empty());  // all or nothing: good.toml was not applied either
+
+  auto syntax = c.write_file("syntax.toml", "name = \"s\"\n[[steps]\n");
+  auto r2 = c.zforce({"job", "put", syntax});
+  CHECK(r2.exit_code == 1);
+  CHECK(r2.err.find(syntax + ":2:") != std::string::npos);
+
+  auto missing = c.zforce({"job", "put", c.dir() + "/nope.toml"});
+  CHECK(missing.exit_code == 1);
+  CHECK(missing.err.find("nope.toml: cannot read the file") != std::string::npos);
+}
+
+TEST_CASE("an unknown job and bad parameters are refused and create no instance") {
+  Cluster c;
+  c.start_master();
+  auto job = c.write_file("p.toml", "name = \"p\"\n[params.n]\n[[steps]]\nrun = [\"echo\", \"{{n}}\"]\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+
+  auto unknown = c.zforce({"run", "nosuchjob"});
+  CHECK(unknown.exit_code == 1);
+  CHECK(unknown.err == "zforce: no job named 'nosuchjob'\n");
+
+  auto missing = c.zforce({"run", "p"});
+  CHECK(missing.exit_code == 1);
+  CHECK(missing.err == "zforce: job 'p' needs parameter 'n'\n");
+
+  auto extra = c.zforce({"run", "p", "-p", "n=1", "-p", "colour=red"});
+  CHECK(extra.exit_code == 1);
+  CHECK(extra.err == "zforce: job 'p' has no parameter 'colour'\n");
+
+  auto malformed = c.zforce({"run", "p", "-p", "novalue"});
+  CHECK(malformed.exit_code == 1);
+  CHECK(malformed.err.find("KEY=VALUE") != std::string::npos);
+
+  CHECK(stats(c)["instances"].empty());
+  auto show = c.zforce({"instance", "show", "99"});
+  CHECK(show.exit_code == 1);
+  CHECK(show.err == "zforce: no instance 99\n");
+  auto rm = c.zforce({"job", "rm", "nosuchjob"});
+  CHECK(rm.exit_code == 1);
+}
+
+TEST_CASE("garbage on every endpoint is dropped and counted, and the master keeps serving") {
+  Cluster c;
+  c.start_master({"--local-slots", "1"});
+  auto job = c.write_file("ok.toml", "name = \"ok\"\n[[steps]]\nrun = [\"echo\", \"still here\"]\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+
+  std::mt19937 rng(7);
+  auto random_bytes = [&](size_t n) {
+    std::string s(n, '\0');
+    for (auto& ch : s) ch = static_cast<char>(rng());
+    return s;
+  };
+  // 1. Raw TCP garbage at all three ports (fails the ZMTP handshake).
+  for (const auto& ep : {c.workers_endpoint(), c.api(), c.events_endpoint()})
+    for (int i = 0; i < 5; ++i) send_raw_tcp(port_of(ep), random_bytes(1 + rng() % 2000));
+
+  // 2. Well-framed ZeroMQ messages with garbage inside, to workers and api.
+  zmq::context_t ctx(1);
+  for (const auto& ep : {c.workers_endpoint(), c.api()}) {
+    zmq::socket_t d(ctx, zmq::socket_type::dealer);
+    d.set(zmq::sockopt::linger, 1000);
+    d.connect(ep);
+    for (int i = 0; i < 300; ++i) {
+      std::string b = random_bytes(rng() % 300);
+      if (i % 3 == 0) {  // a valid message with one byte flipped
+        b = zf::proto::encode(zf::proto::ApiRequest{1, "job.list", json::object()});
+        b[rng() % b.size()] = static_cast<char>(rng());
+      }
+      if (i % 10 == 0) {  // several frames
+        d.send(zmq::buffer(b), zmq::send_flags::sndmore);
+      }
+      d.send(zmq::buffer(b), zmq::send_flags::none);
+    }
+  }
+  // 3. A SUB-side peer cannot send anything to PUB; a DEALER to the PUB port is refused by ZMTP.
+  {
+    zmq::socket_t d(ctx, zmq::socket_type::dealer);
+    d.set(zmq::sockopt::linger, 0);
+    d.connect(c.events_endpoint());
+    d.send(zmq::buffer(random_bytes(100)), zmq::send_flags::dontwait);
+  }
+  std::this_thread::sleep_for(300ms);
+
+  json s = stats(c);
+  CHECK(s["malformed_workers"].get<int>() > 0);
+  CHECK(s["malformed_api"].get<int>() > 0);
+  auto r = c.zforce({"run", "ok", "--wait"});
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "still here\n");
+  CHECK(c.log_of("master").find("dropped a malformed message on the workers endpoint") != std::string::npos);
+}
+
+TEST_CASE("a worker of another protocol version is refused with a reason") {
+  Cluster c;
+  c.start_master();
+  zmq::context_t ctx(1);
+  zmq::socket_t d(ctx, zmq::socket_type::dealer);
+  d.set(zmq::sockopt::routing_id, "future");
+  d.set(zmq::sockopt::linger, 0);
+  d.set(zmq::sockopt::rcvtimeo, 5000);
+  d.connect(c.workers_endpoint());
+  // The envelope keeps its layout across versions; the body is whatever v2 says.
+  json ready = json::array({"ZF", 2, 0, 1, {{"name", "future"}, {"slots", 4}, {"quantum", true}}});
+  auto bytes = json::to_msgpack(ready);
+  d.send(zmq::buffer(bytes));
+  zmq::message_t reply;
+  REQUIRE(d.recv(reply));
+  auto dec = zf::proto::decode(reply.data(), reply.size());
+  REQUIRE(std::holds_alternative<zf::proto::Message>(dec));
+  auto* refused = std::get_if<zf::proto::Refused>(&std::get<zf::proto::Message>(dec));
+  REQUIRE(refused != nullptr);
+  CHECK(refused->reason == "protocol version 2.0 is not supported (this side speaks 1.0)");
+  auto w = json::parse(c.zforce({"--json", "workers"}).out);
+  CHECK(w["workers"].empty());
+  CHECK(stats(c)["refused_version"] == 1);
+
+  // A message other than READY from a peer that never registered is not admitted.
+  zmq::socket_t e(ctx, zmq::socket_type::dealer);
+  e.set(zmq::sockopt::routing_id, "sneaky");
+  e.set(zmq::sockopt::linger, 0);
+  e.set(zmq::sockopt::rcvtimeo, 5000);
+  e.connect(c.workers_endpoint());
+  std::string fin = zf::proto::encode(zf::proto::Finished{1, 1, "succeeded", 0, 1, -1, "", ""});
+  e.send(zmq::buffer(fin));
+  REQUIRE(e.recv(reply));
+  auto dec2 = zf::proto::decode(reply.data(), reply.size());
+  REQUIRE(std::holds_alternative<zf::proto::Message>(dec2));
+  CHECK(std::holds_alternative<zf::proto::Disconnect>(std::get<zf::proto::Message>(dec2)));
+  CHECK(json::parse(c.zforce({"--json", "workers"}).out)["workers"].empty());
+}
+
+TEST_CASE("the master refuses to bind a non-loopback address without --insecure") {
+  Cluster c;
+  pid_t m = c.spawn({bin("ZF_MASTER_BIN"), "--data", c.dir() + "/m", "--workers", "tcp://0.0.0.0:*", "--api",
+                     "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*"},
+                    "insecure");
+  int st = c.wait_exit(m, 10s);
+  REQUIRE(st != -1);
+  CHECK(WEXITSTATUS(st) == 64);
+  CHECK(c.log_of("insecure").find("refusing to bind tcp://0.0.0.0:*") != std::string::npos);
+}

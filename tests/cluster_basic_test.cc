@@ -1,0 +1,276 @@
+// The walking cluster, end to end: real master and workers on loopback, jobs
+// run through the zforce client, results checked from the tap and the api.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/cluster.h"
+
+using namespace zf::test;
+
+namespace {
+
+json parse_json(const CmdResult& r) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit_code == 0);
+  return json::parse(r.out);
+}
+
+bool all_members_joined(Cluster& c, size_t n) {
+  return c.wait_for([&] { return c.count("member.joined") >= n; }, 10s);
+}
+
+bool process_gone(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  std::ifstream in(path);
+  if (!in) return true;
+  std::string stat((std::istreambuf_iterator<char>(in)), {});
+  auto close = stat.rfind(')');
+  return close != std::string::npos && stat.size() > close + 2 && stat[close + 2] == 'Z';  // zombie = dead
+}
+
+}  // namespace
+
+TEST_CASE("a job runs on a worker, its output comes back, and the tap shows each transition") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  c.start_worker("w1", 2);
+  REQUIRE(all_members_joined(c, 1));
+  auto job = c.write_file("hello.toml", R"(
+name = "hello"
+[params.who]
+default = "world"
+[[steps]]
+run = ["sh", "-c", "echo hello $1; echo to-stderr >&2", "sh", "{{who}}"]
+[[steps]]
+builtin = "echo"
+text = "second step for {{who}}"
+)");
+  auto put = c.zforce({"job", "put", job});
+  REQUIRE_MESSAGE(put.exit_code == 0, put.err);
+  CHECK(put.out == "created hello\n");
+
+  auto r = c.zforce({"run", "hello", "-p", "who=zforce", "--wait"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == "hello zforce\nto-stderr\nsecond step for zforce\n");
+  CHECK(r.err.find("succeeded") != std::string::npos);
+
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 1; }, 5s));
+  std::vector<std::string> types;
+  for (const auto& e : c.events_of(1)) {
+    types.push_back(e["type"]);
+    CHECK(e["job"] == "hello");
+    CHECK(e["attempt"] == 1);
+  }
+  CHECK(types == std::vector<std::string>{"instance.queued", "instance.assigned", "instance.running",
+                                          "instance.succeeded"});
+  auto done = c.events_of(1).back();
+  CHECK(done["member"] == "w1");
+  CHECK(done["exit_code"] == 0);
+
+  auto show = parse_json(c.zforce({"--json", "instance", "show", "1"}));
+  CHECK(show["state"] == "succeeded");
+  CHECK(show["params"]["who"] == "zforce");
+  CHECK(show["history"].size() == 4);
+
+  // --json after the subcommand works too.
+  auto list = parse_json(c.zforce({"job", "list", "--json"}));
+  CHECK(list["jobs"][0]["name"] == "hello");
+}
+
+TEST_CASE("1,000 instances of true through a master with two workers all succeed, none twice, in order") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  c.start_worker("w1", 4);
+  c.start_worker("w2", 4);
+  REQUIRE(all_members_joined(c, 2));
+  auto job = c.write_file("true.toml", "name = \"t\"\n[[steps]]\nrun = [\"true\"]\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+
+  auto r = c.zforce({"run", "t", "--count", "1000", "--wait"}, 120s);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == "1000 instances: 1000 succeeded\n");
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 1000; }, 20s));
+
+  // From the tap alone: each instance went queued, assigned, running, succeeded,
+  // exactly once each, on one member; sequence numbers have no gaps.
+  std::map<uint64_t, std::vector<std::string>> seen;
+  std::map<uint64_t, std::set<std::string>> members;
+  std::map<std::string, int> per_member;
+  uint64_t prev_seq = 0;
+  for (const auto& e : c.events()) {
+    uint64_t seq = e["seq"];
+    if (prev_seq) CHECK(seq == prev_seq + 1);
+    prev_seq = seq;
+    if (!e.contains("instance")) continue;
+    seen[e["instance"]].push_back(e["type"]);
+    if (e.contains("member")) members[e["instance"]].insert(e["member"].get<std::string>());
+    if (e["type"] == "instance.succeeded") per_member[e["member"]]++;
+  }
+  CHECK(seen.size() == 1000);
+  const std::vector<std::string> expected = {"instance.queued", "instance.assigned", "instance.running",
+                                             "instance.succeeded"};
+  int wrong = 0;
+  for (const auto& [id, types] : seen) {
+    if (types != expected || members[id].size() != 1) ++wrong;
+  }
+  CHECK(wrong == 0);
+  // Both workers took a share.
+  CHECK(per_member["w1"] > 100);
+  CHECK(per_member["w2"] > 100);
+
+  auto st = parse_json(c.zforce({"--json", "instances", "--state", "succeeded", "--limit", "0"}));
+  CHECK(st["instances"].size() == 1000);
+}
+
+TEST_CASE("a failing command fails its instance, and run --wait says so") {
+  Cluster c;
+  c.start_master({"--local-slots", "2"});
+  auto job = c.write_file("f.toml", "name = \"f\"\n[[steps]]\nrun = [\"sh\", \"-c\", \"echo oops; exit 3\"]\n"
+                                    "[[steps]]\nrun = [\"echo\", \"never\"]\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  auto r = c.zforce({"run", "f", "--wait"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.out == "oops\n");
+  auto show = parse_json(c.zforce({"--json", "instance", "show", "1"}));
+  CHECK(show["state"] == "failed");
+  CHECK(show["exit_code"] == 3);
+  CHECK(show["failed_step"] == 0);
+  CHECK(show["member"] == "master");  // ran on the master's own slots
+
+  auto job2 = c.write_file("m.toml", "name = \"m\"\n[[steps]]\nrun = [\"no-such-program-zf\"]\n");
+  REQUIRE(c.zforce({"job", "put", job2}).exit_code == 0);
+  auto r2 = c.zforce({"run", "m", "--wait"});
+  CHECK(r2.exit_code == 1);
+  CHECK(r2.out.find("no-such-program-zf") != std::string::npos);
+}
+
+TEST_CASE("a step timeout kills the whole process group and ends timed_out") {
+  Cluster c;
+  c.start_master();
+  c.start_worker("w1", 1, {"--kill-grace", "200ms"});
+  auto job = c.write_file("slow.toml", R"(
+name = "slow"
+[[steps]]
+run = ["sh", "-c", "echo $$; sleep 30 & echo $!; wait"]
+timeout = "500ms"
+)");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  auto r = c.zforce({"run", "slow", "--wait"});
+  CHECK(r.exit_code == 1);
+  auto show = parse_json(c.zforce({"--json", "instance", "show", "1"}));
+  CHECK(show["state"] == "timed_out");
+  CHECK(show["error"].get<std::string>().find("timeout") != std::string::npos);
+  std::istringstream pids(show["output"].get<std::string>());
+  pid_t shell = 0, child = 0;
+  pids >> shell >> child;
+  REQUIRE(shell > 0);
+  REQUIRE(child > 0);
+  std::this_thread::sleep_for(200ms);  // the reparented child is reaped by init
+  CHECK(process_gone(shell));
+  CHECK(process_gone(child));
+}
+
+TEST_CASE("cancel ends a queued instance at once and a running one by signal") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  c.start_worker("w1", 1, {"--kill-grace", "200ms"});
+  REQUIRE(all_members_joined(c, 1));
+  auto job = c.write_file("s.toml", "name = \"s\"\n[[steps]]\nrun = [\"sleep\", \"30\"]\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "s", "--count", "2"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.running") == 1; }, 5s));
+  auto q = c.zforce({"cancel", "2"});  // still queued: one slot
+  CHECK(q.out == "instance 2 cancelled\n");
+  auto run = c.zforce({"cancel", "1"});
+  CHECK(run.out == "instance 1 cancelling\n");
+  REQUIRE(c.wait_for([&] { return c.count("instance.cancelled") == 2; }, 5s));
+  auto again = c.zforce({"cancel", "1"});
+  CHECK(again.exit_code == 1);
+  CHECK(again.err.find("already ended") != std::string::npos);
+}
+
+TEST_CASE("a lost worker's instances run elsewhere") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  pid_t w1 = c.start_worker("w1", 2);
+  REQUIRE(all_members_joined(c, 1));
+  auto job = c.write_file("s.toml", "name = \"s\"\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"1s\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "s", "--count", "2"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.running") == 2; }, 5s));
+  c.start_worker("w2", 2);
+  REQUIRE(all_members_joined(c, 2));
+  c.signal(w1, SIGKILL);
+  c.wait_exit(w1, 5s);
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 2; }, 10s));
+  CHECK(c.count("member.lost") == 1);
+  CHECK(c.count("instance.lost") == 2);
+  for (uint64_t id : {1u, 2u}) {
+    auto evs = c.events_of(id);
+    CHECK(evs.back()["type"] == "instance.succeeded");
+    CHECK(evs.back()["member"] == "w2");
+    CHECK(evs.back()["attempt"] == 2);
+  }
+}
+
+TEST_CASE("zforce tap --json prints one event per line with seq, ts and type") {
+  Cluster c;
+  c.start_master({"--local-slots", "1"});
+  c.connect_tap();
+  pid_t tap = c.spawn({bin("ZF_CLIENT_BIN"), "--events", c.events_endpoint(), "tap", "--json", "--count", "4",
+                       "--type", "instance."},
+                      "tap");
+  // The tap process joins late; resend until it has its four events.
+  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  int st = -1;
+  for (int i = 0; i < 50 && st == -1; ++i) {
+    REQUIRE(c.zforce({"run", "n", "--wait"}).exit_code == 0);
+    st = c.wait_exit(tap, 200ms);
+  }
+  REQUIRE(st != -1);
+  std::istringstream out(c.log_of("tap"));
+  std::string line;
+  int n = 0;
+  while (std::getline(out, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    json e = json::parse(line);
+    CHECK(e.contains("seq"));
+    CHECK(e.contains("ts"));
+    CHECK(e["type"].get<std::string>().rfind("instance.", 0) == 0);
+    CHECK(e.contains("instance"));
+    ++n;
+  }
+  CHECK(n == 4);
+}
+
+TEST_CASE("an idle cluster uses almost no CPU") {
+  Cluster c;
+  c.start_master({"--local-slots", "2"});
+  c.connect_tap();
+  pid_t w = c.start_worker("w1", 2);
+  REQUIRE(all_members_joined(c, 1));  // the master's own slots joined before the tap was connected
+  std::this_thread::sleep_for(500ms);
+  long m0 = c.cpu_ticks(c.master_pid()), w0 = c.cpu_ticks(w);
+  std::this_thread::sleep_for(3s);
+  long m1 = c.cpu_ticks(c.master_pid()), w1 = c.cpu_ticks(w);
+  long hz = sysconf(_SC_CLK_TCK);
+  MESSAGE("idle 3 s: master " << (m1 - m0) << " ticks, worker " << (w1 - w0) << " ticks (" << hz << "/s)");
+  // 3% of one core over 3 s; a busy loop would use ~100%.
+  CHECK(m1 - m0 <= 3 * hz * 3 / 100);
+  CHECK(w1 - w0 <= 3 * hz * 3 / 100);
+}

@@ -1,0 +1,143 @@
+// Job files: what loads, what is refused and how the error reads (file, line,
+// field), and how parameters become argv.
+#include <doctest/doctest.h>
+
+#include "common/duration.h"
+#include "common/job_loader.h"
+
+using namespace zf;
+
+namespace {
+std::string error_of(const std::string& toml) {
+  auto j = parse_job(toml, "jobs/x.toml");
+  REQUIRE_MESSAGE(!j.ok(), "expected an error for:\n" << toml);
+  return j.error().message;
+}
+}  // namespace
+
+TEST_CASE("a full job file loads") {
+  auto j = parse_job(R"(
+name = "report"
+description = "daily report"
+timeout = "10m"
+
+[params.day]
+default = "today"
+description = "which day"
+
+[params.dest]
+
+[[steps]]
+name = "make"
+run = ["make-report", "--day={{day}}", "{{ dest }}"]
+timeout = "30s"
+cwd = "/tmp"
+env = { MODE = "fast-{{day}}" }
+
+[[steps]]
+builtin = "echo"
+text = "done {{day}}"
+)",
+                     "report.toml");
+  REQUIRE_MESSAGE(j.ok(), j.error().message);
+  CHECK(j->name == "report");
+  CHECK(j->timeout == Millis(600000));
+  REQUIRE(j->params.size() == 2);
+  REQUIRE(j->steps.size() == 2);
+  CHECK(j->steps[0].run.size() == 3);
+  CHECK(j->steps[0].timeout == Millis(30000));
+  CHECK(j->steps[1].kind == Step::Kind::Builtin);
+  CHECK(j->steps[1].name == "step2");
+
+  auto r = resolve_instance(*j, {{"dest", "/out"}});
+  REQUIRE_MESSAGE(r.ok(), r.error().message);
+  CHECK(r->steps[0].argv == std::vector<std::string>{"make-report", "--day=today", "/out"});
+  CHECK(r->steps[0].env.at("MODE") == "fast-today");
+  CHECK(r->steps[0].timeout_ms == 30000);
+  CHECK(r->steps[1].args.at("text") == "done today");
+  CHECK(r->params.at("day") == "today");
+}
+
+TEST_CASE("argv substitution keeps each value one argument, whatever it holds") {
+  auto j = parse_job("name = \"x\"\n[params.a]\n[[steps]]\nrun = [\"echo\", \"{{a}}\", \"pre{{a}}post{{a}}\"]\n", "x.toml");
+  REQUIRE(j.ok());
+  auto r = resolve_instance(*j, {{"a", "1; rm -rf / $(x) {{a}}"}});
+  REQUIRE(r.ok());
+  CHECK(r->steps[0].argv.size() == 3);
+  CHECK(r->steps[0].argv[1] == "1; rm -rf / $(x) {{a}}");  // substituted once, never re-expanded
+  CHECK(r->steps[0].argv[2] == "pre1; rm -rf / $(x) {{a}}post1; rm -rf / $(x) {{a}}");
+}
+
+TEST_CASE("bad run-time parameters are refused with the reason") {
+  auto j = parse_job("name = \"x\"\n[params.a]\n[params.b]\ndefault = \"2\"\n[[steps]]\nrun = [\"echo\", \"{{a}}{{b}}\"]\n",
+                     "x.toml");
+  REQUIRE(j.ok());
+  auto missing = resolve_instance(*j, {});
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().message == "job 'x' needs parameter 'a'");
+  auto unknown = resolve_instance(*j, {{"a", "1"}, {"zz", "2"}});
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().message == "job 'x' has no parameter 'zz'");
+  auto huge = resolve_instance(*j, {{"a", std::string(kMaxParamValueBytes + 1, 'x')}});
+  REQUIRE_FALSE(huge.ok());
+  CHECK(huge.error().message.find("too long") != std::string::npos);
+  auto ok = resolve_instance(*j, {{"a", "1"}});
+  REQUIRE(ok.ok());
+  CHECK(ok->steps[0].argv[1] == "12");
+}
+
+TEST_CASE("errors name the file, the line and the field") {
+  struct Case {
+    const char* toml;
+    const char* expected;
+  };
+  const Case cases[] = {
+      {"name = \"x\"\n[[steps]]\nrun = \"echo hi\"\n", "jobs/x.toml:3:7: field 'steps[0].run': expected a non-empty array of strings"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"echo\", 5]\n", "jobs/x.toml:3:16: field 'steps[0].run[1]': expected a string"},
+      {"[[steps]]\nrun = [\"true\"]\n", "jobs/x.toml: field 'name': missing (every job has a name)"},
+      {"name = \"x\"\n", "jobs/x.toml: field 'steps': missing"},
+      {"name = \"bad name\"\n[[steps]]\nrun=[\"true\"]\n", "jobs/x.toml:1:8: field 'name': 'bad name' is not a valid job name"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"true\"]\ntimeout = \"5\"\n", "jobs/x.toml:4:11: field 'steps[0].timeout': invalid duration '5': missing unit"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"true\"]\ntimeout = \"5 minutes\"\n", "field 'steps[0].timeout': invalid duration"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"echo\", \"{{who}}\"]\n", "jobs/x.toml:3:16: field 'steps[0].run[1]': uses '{{who}}' but the job has no parameter 'who'"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"echo\", \"{{who\"]\n", "field 'steps[0].run[1]': unclosed '{{'"},
+      {"name = \"x\"\n[[steps]]\nbuiltin = \"teleport\"\n", "jobs/x.toml:3:11: field 'steps[0].builtin': unknown builtin 'teleport' (known: noop, echo, sleep)"},
+      {"name = \"x\"\n[[steps]]\nbuiltin = \"sleep\"\n", "field 'steps[0]': builtin 'sleep' needs 'duration'"},
+      {"name = \"x\"\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"soon\"\n", "field 'steps[0].duration': invalid duration 'soon'"},
+      {"name = \"x\"\n[[steps]]\nbuiltin = \"echo\"\ntext = \"a\"\ncolour = \"red\"\n", "field 'steps[0].colour': unknown argument for builtin 'echo'"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"true\"]\nbuiltin = \"noop\"\n", "a step has exactly one of 'run' or 'builtin'"},
+      {"name = \"x\"\n[[steps]]\nname = \"s\"\n", "field 'steps[0]': a step needs 'run = [argv...]' or 'builtin = \"NAME\"'"},
+      {"name = \"x\"\n[[steps]]\nchoose = []\n", "step kind 'choose' is planned but not supported"},
+      {"name = \"x\"\nretries = 3\n[[steps]]\nrun = [\"true\"]\n", "jobs/x.toml:2:11: field 'retries': unknown field"},
+      {"name = \"x\"\n[[triggers]]\nevery = \"1s\"\n[[steps]]\nrun = [\"true\"]\n", "field 'triggers': is planned but not supported"},
+      {"name = \"x\"\n[params.9a]\n[[steps]]\nrun = [\"true\"]\n", "field 'params.9a': parameter names use letters"},
+      {"name = \"x\"\n[params.a]\nvalue = 1\n[[steps]]\nrun = [\"true\"]\n", "field 'params.a.value': unknown field"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"true\"]\nenv = { A = 1 }\n", "field 'steps[0].env.A': expected a string"},
+      {"name = \"x\"\n[[steps]]\nrun = [\"true\"\n", "jobs/x.toml:3:"},  // TOML syntax error: line and column
+      {"name = \"x\"\nname = \"y\"\n", "jobs/x.toml:2:"},
+  };
+  for (const auto& c : cases) {
+    std::string e = error_of(c.toml);
+    CHECK_MESSAGE(e.find(c.expected) != std::string::npos, "got: " << e << "\nwanted: " << c.expected);
+  }
+}
+
+TEST_CASE("a missing file is a clear error") {
+  auto j = load_job_file("/nonexistent/job.toml");
+  REQUIRE_FALSE(j.ok());
+  CHECK(j.error().message == "/nonexistent/job.toml: cannot read the file");
+}
+
+TEST_CASE("durations parse with units and refuse the rest") {
+  CHECK(parse_duration("250ms").value() == Millis(250));
+  CHECK(parse_duration("1m30s").value() == Millis(90000));
+  CHECK(parse_duration("2h").value() == Millis(7200000));
+  CHECK(parse_duration("1d").value() == Millis(86400000));
+  CHECK_FALSE(parse_duration("").ok());
+  CHECK_FALSE(parse_duration("10").ok());
+  CHECK_FALSE(parse_duration("-1s").ok());
+  CHECK_FALSE(parse_duration("1 s").ok());
+  CHECK_FALSE(parse_duration("1w").ok());
+  CHECK_FALSE(parse_duration("99999999999999999999s").ok());
+  CHECK(format_duration(Millis(90500)) == "1m30s500ms");
+}

@@ -1,0 +1,249 @@
+#include "worker/worker.h"
+
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/zmq_util.h"
+
+namespace zf {
+
+namespace {
+const char* kVersion = "zforce 0.1.0";
+}
+
+Worker::Worker(zmq::context_t& ctx, WorkerOptions options)
+    : ctx_(ctx),
+      opt_(std::move(options)),
+      heartbeat_(opt_.heartbeat),
+      liveness_(opt_.liveness),
+      backoff_(opt_.backoff_min) {}
+
+Worker::~Worker() = default;
+
+void Worker::apply(LinkEvent e) {
+  auto next = link_next(state_, e);
+  if (!next) {
+    log::debug("link: event " + std::string(link_event_name(e)) + " ignored in state " +
+               std::string(link_state_name(state_)));
+    return;
+  }
+  if (*next != state_)
+    log::info("link: " + std::string(link_state_name(state_)) + " -> " + std::string(link_state_name(*next)) +
+              " on " + std::string(link_event_name(e)));
+  state_ = *next;
+}
+
+void Worker::connect() {
+  socket_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
+  socket_->set(zmq::sockopt::routing_id, opt_.name);
+  socket_->set(zmq::sockopt::linger, 0);
+  socket_->set(zmq::sockopt::maxmsgsize, proto::kMaxMessageBytes);
+  socket_->set(zmq::sockopt::reconnect_ivl, 100);
+  socket_->connect(opt_.master);
+  proto::Ready r;
+  r.name = opt_.name;
+  r.slots = opt_.slots;
+  r.tags = opt_.tags;
+  r.version = kVersion;
+  for (const auto& [id, ex] : running_) r.running.push_back({id, ex->assign().attempt});
+  for (const auto& [id, f] : unacked_) r.running.push_back({id, f.attempt});
+  auto now = Clock::now();
+  last_recv_ = now;  // the registration deadline counts from here
+  send(r);
+  apply(LinkEvent::Connect);
+}
+
+void Worker::drop_socket() { socket_.reset(); }
+
+void Worker::send(const proto::Message& m) {
+  if (!socket_) return;
+  std::string bytes = proto::encode(m);
+  // DEALER queues while the TCP link is down; dontwait only fails when the
+  // HWM is reached, and then the message is covered by resend-after-reconnect.
+  if (auto s = send_multipart(*socket_, {bytes}); !s.ok())
+    log::warn("cannot send " + std::string(proto::msg_type_name(proto::type_of(m))) + " to the master: " +
+              s.error().message);
+  last_sent_ = Clock::now();
+}
+
+void Worker::on_assign(proto::Assign a, Clock::time_point now) {
+  uint64_t id = a.instance;
+  if (running_.count(id)) {
+    log::warn("ASSIGN for instance " + std::to_string(id) + " which already runs here; ignored");
+    return;
+  }
+  if (unacked_.count(id) && unacked_[id].attempt == a.attempt) {
+    send(unacked_[id]);  // the master missed our result: repeat it
+    return;
+  }
+  if (running_.size() >= opt_.slots)
+    log::warn("ASSIGN for instance " + std::to_string(id) + " beyond our " + std::to_string(opt_.slots) +
+              " slots; running it anyway, the master's accounting is off");
+  uint32_t attempt = a.attempt;
+  auto ex = std::make_unique<Execution>(std::move(a), opt_.exec, now);
+  ex->advance(now);
+  running_[id] = std::move(ex);
+  send(proto::Started{id, attempt});
+}
+
+void Worker::handle_message(proto::Message& m, Clock::time_point now) {
+  last_recv_ = now;
+  if (const auto* w = std::get_if<proto::Welcome>(&m)) {
+    if (w->heartbeat_ms > 0) heartbeat_ = std::chrono::milliseconds(w->heartbeat_ms);
+    if (w->liveness > 0) liveness_ = w->liveness;
+    bool first = state_ != LinkState::Connected;
+    apply(LinkEvent::Welcome);
+    backoff_ = opt_.backoff_min;
+    if (first)
+      for (const auto& [id, f] : unacked_) send(f);
+  } else if (std::holds_alternative<proto::Heartbeat>(m)) {
+    // last_recv_ already refreshed
+  } else if (auto* a = std::get_if<proto::Assign>(&m)) {
+    if (state_ != LinkState::Connected) return;
+    on_assign(std::move(*a), now);
+  } else if (const auto* c = std::get_if<proto::Cancel>(&m)) {
+    auto it = running_.find(c->instance);
+    if (it != running_.end() && it->second->assign().attempt == c->attempt) {
+      log::info("cancelling instance " + std::to_string(c->instance) + " attempt " + std::to_string(c->attempt));
+      it->second->stop(now);
+    }
+  } else if (const auto* ack = std::get_if<proto::FinishedAck>(&m)) {
+    auto it = unacked_.find(ack->instance);
+    if (it != unacked_.end() && it->second.attempt == ack->attempt) unacked_.erase(it);
+  } else if (const auto* d = std::get_if<proto::Disconnect>(&m)) {
+    log::info("master says disconnect: " + d->reason);
+    drop_socket();
+    apply(LinkEvent::MasterDisconnect);
+    backoff_until_ = now + opt_.backoff_min;
+  } else if (const auto* r = std::get_if<proto::Refused>(&m)) {
+    log::error("the master refused this worker: " + r->reason);
+    drop_socket();
+    apply(LinkEvent::Refused);
+  } else {
+    ++malformed_;
+    log::warn("unexpected " + std::string(proto::msg_type_name(proto::type_of(m))) + " from the master; dropped");
+  }
+}
+
+void Worker::reap_finished() {
+  for (auto it = running_.begin(); it != running_.end();) {
+    if (!it->second->done()) {
+      ++it;
+      continue;
+    }
+    proto::Finished f = it->second->result();
+    if (state_ != LinkState::Stopped) {
+      unacked_[f.instance] = f;
+      if (state_ == LinkState::Connected) send(f);
+    }
+    it = running_.erase(it);
+  }
+}
+
+void Worker::check_liveness(Clock::time_point now) {
+  if (state_ != LinkState::Registering && state_ != LinkState::Connected) return;
+  if (now - last_recv_ > heartbeat_ * liveness_) {
+    log::warn("no word from the master at " + opt_.master + " for " +
+              std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_recv_).count()) +
+              " ms; reconnecting in " + std::to_string(backoff_.count()) + " ms");
+    drop_socket();
+    apply(LinkEvent::MasterSilent);
+    backoff_until_ = now + backoff_;
+    backoff_ = std::min(backoff_ * 2, opt_.backoff_max);
+    return;
+  }
+  if (state_ == LinkState::Connected && now - last_sent_ >= heartbeat_) send(proto::Heartbeat{});
+}
+
+Clock::time_point Worker::next_wakeup(Clock::time_point now) const {
+  Clock::time_point t = now + std::chrono::seconds(60);
+  auto take = [&](Clock::time_point c) { t = std::min(t, c); };
+  switch (state_) {
+    case LinkState::Registering: take(last_recv_ + heartbeat_ * liveness_ + std::chrono::milliseconds(1)); break;
+    case LinkState::Connected:
+      take(last_sent_ + heartbeat_);
+      take(last_recv_ + heartbeat_ * liveness_ + std::chrono::milliseconds(1));
+      break;
+    case LinkState::Backoff: take(backoff_until_); break;
+    case LinkState::Disconnected: take(now); break;
+    default: break;
+  }
+  for (const auto& [id, ex] : running_)
+    if (auto d = ex->deadline()) take(*d);
+  return t;
+}
+
+void Worker::shut_down(Clock::time_point now) {
+  // Instances still running are stopped; the master sees us leave and runs
+  // them elsewhere. Their results are not reported: they did not finish.
+  for (auto& [id, ex] : running_) ex->stop(now);
+  auto until = now + opt_.exec.kill_grace + std::chrono::milliseconds(500);
+  while (!running_.empty() && Clock::now() < until) {
+    std::vector<zmq::pollitem_t> items;
+    for (auto& [id, ex] : running_) ex->add_poll_items(items);
+    zmq::poll(items.data(), items.size(), std::chrono::milliseconds(50));
+    auto t = Clock::now();
+    for (auto& [id, ex] : running_) ex->advance(t);
+    std::erase_if(running_, [](const auto& kv) { return kv.second->done(); });
+  }
+  running_.clear();  // destructors kill and reap whatever is left
+  send(proto::Disconnect{"worker stopping"});
+}
+
+int Worker::run() {
+  log::info("worker '" + opt_.name + "' with " + std::to_string(opt_.slots) + " slots, master " + opt_.master);
+  std::vector<zmq::pollitem_t> items;
+  std::vector<zmq::message_t> parts;
+  while (true) {
+    auto now = Clock::now();
+    if (state_ == LinkState::Refused) return 2;
+    if (state_ == LinkState::Backoff && now >= backoff_until_) apply(LinkEvent::BackoffOver);
+    if (state_ == LinkState::Disconnected) connect();
+
+    items.clear();
+    if (socket_) items.push_back({socket_->handle(), 0, ZMQ_POLLIN, 0});
+    size_t first_fd = items.size();
+    if (opt_.stop_fd >= 0) items.push_back({nullptr, opt_.stop_fd, ZMQ_POLLIN, 0});
+    for (const auto& [id, ex] : running_) ex->add_poll_items(items);
+
+    auto wake = next_wakeup(now);
+    auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
+    if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
+    // +1 ms: poll rounds down, and waking just before a deadline spins.
+    zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(timeout.count() > 0 ? 1 : 0));
+    now = Clock::now();
+
+    if (opt_.stop_fd >= 0 && (items[first_fd].revents & ZMQ_POLLIN)) {
+      log::info("stop requested");
+      apply(LinkEvent::Stop);
+      shut_down(now);
+      return 0;
+    }
+    if (socket_ && (items[0].revents & ZMQ_POLLIN)) {
+      // Bounded batch per turn so executions are never starved.
+      for (int i = 0; i < 256 && socket_ && recv_multipart(*socket_, parts); ++i) {
+        if (parts.size() != 1) {
+          ++malformed_;
+          continue;
+        }
+        auto d = proto::decode(parts[0].data(), parts[0].size());
+        if (auto* err = std::get_if<proto::DecodeError>(&d)) {
+          ++malformed_;
+          log::warn("undecodable message from the master dropped: " + err->reason);
+          if (err->kind == proto::DecodeFailure::VersionMismatch) {
+            log::error("the master speaks another protocol version: " + err->reason);
+            drop_socket();
+            apply(LinkEvent::Refused);
+          }
+          continue;
+        }
+        handle_message(std::get<proto::Message>(d), now);
+      }
+    }
+    for (auto& [id, ex] : running_) ex->advance(now);
+    reap_finished();
+    check_liveness(now);
+  }
+}
+
+}  // namespace zf

@@ -1,0 +1,72 @@
+// The worker library: one DEALER connection to the master and the instances
+// it was assigned. zforce-worker runs it on its main thread; zforce-master
+// runs one on a thread of its own, connected over inproc://, for its local
+// slots. Everything here belongs to the thread that calls run().
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "common/protocol.h"
+#include "worker/execution.h"
+#include "worker/link_state.h"
+
+namespace zf {
+
+struct WorkerOptions {
+  std::string master;  // endpoint of the master's worker ROUTER
+  std::string name;
+  uint32_t slots = 1;
+  std::vector<std::string> tags;
+  // Readable when the worker must stop (signalfd or eventfd); -1 = none.
+  int stop_fd = -1;
+  ExecutionConfig exec;
+  // Until the master says otherwise in WELCOME.
+  std::chrono::milliseconds heartbeat{250};
+  uint32_t liveness = 4;
+  std::chrono::milliseconds backoff_min{100};
+  std::chrono::milliseconds backoff_max{2000};
+};
+
+class Worker {
+ public:
+  Worker(zmq::context_t& ctx, WorkerOptions options);
+  ~Worker();
+
+  // Runs until stopped (0) or refused by the master (2).
+  int run();
+
+ private:
+  void apply(LinkEvent e);
+  void connect();
+  void drop_socket();
+  void send(const proto::Message& m);
+  void handle_message(proto::Message& m, Clock::time_point now);
+  void on_assign(proto::Assign a, Clock::time_point now);
+  void reap_finished();
+  void check_liveness(Clock::time_point now);
+  Clock::time_point next_wakeup(Clock::time_point now) const;
+  void shut_down(Clock::time_point now);
+
+  zmq::context_t& ctx_;
+  WorkerOptions opt_;
+  std::unique_ptr<zmq::socket_t> socket_;
+  LinkState state_ = LinkState::Disconnected;
+  std::chrono::milliseconds heartbeat_;
+  uint32_t liveness_;
+  std::chrono::milliseconds backoff_;
+  Clock::time_point backoff_until_{};
+  Clock::time_point last_recv_{};
+  Clock::time_point last_sent_{};
+  std::map<uint64_t, std::unique_ptr<Execution>> running_;
+  // Results not yet acknowledged by the master, resent after a reconnect.
+  std::map<uint64_t, proto::Finished> unacked_;
+  uint64_t malformed_ = 0;
+};
+
+}  // namespace zf

@@ -171,7 +171,12 @@ int main(int argc, char** argv) {
         wait = std::min(wait, left);
       }
       zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, wait);
+      try {
+        zmq::poll(&item, 1, wait);
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;  // SIGINT/SIGTERM: the loop condition ends it
+        throw;
+      }
       while (zf::recv_multipart(sub, parts)) {
         if (parts.size() != 2) continue;
         auto d = zf::proto::decode(parts[1].data(), parts[1].size());

@@ -401,12 +401,21 @@ void Master::on_finished(Member& m, const proto::Finished& f) {
   notify_waiters(inst);
 }
 
-// Least loaded member with a free slot: lowest in-flight/slots, then name.
+// Least loaded member with a free slot: lowest in-flight/slots; on a tie the
+// one with more free slots, then the one that waited longest for work, so an
+// idle cluster spreads single runs instead of piling them on one member.
 Member* Master::pick_member() {
   Member* best = nullptr;
   for (auto& [id, m] : members_) {
     if (m.state != MemberState::Active || m.in_flight.size() >= m.slots) continue;
-    if (!best || m.in_flight.size() * best->slots < best->in_flight.size() * m.slots) best = &m;
+    if (!best) {
+      best = &m;
+      continue;
+    }
+    size_t lhs = m.in_flight.size() * best->slots, rhs = best->in_flight.size() * m.slots;
+    size_t free_m = m.slots - m.in_flight.size(), free_b = best->slots - best->in_flight.size();
+    if (lhs < rhs || (lhs == rhs && (free_m > free_b || (free_m == free_b && m.last_assigned < best->last_assigned))))
+      best = &m;
   }
   return best;
 }
@@ -430,7 +439,7 @@ void Master::dispatch() {
     inst.member = m->name;
     inst.slot = slot;
     m->in_flight.insert(id);
-    ++counters_.dispatched;
+    m->last_assigned = ++counters_.dispatched;
     transition(inst, InstanceEvent::Dispatch);
     proto::Assign a;
     a.instance = id;

@@ -61,6 +61,7 @@ struct Member {
   Clock::time_point last_sent{};
   int64_t joined_us = 0;
   uint64_t finished = 0;
+  uint64_t last_assigned = 0;  // dispatch counter at its latest assignment
 };
 
 struct Transition {

@@ -101,6 +101,17 @@ int main(int argc, char** argv) {
   auto* job_rm = job->add_subcommand("rm", "remove a job");
   job_rm->add_option("name", job_name)->required();
 
+  auto* queue = app.add_subcommand("queue", "manage shared execution queues")->require_subcommand(1);
+  std::vector<std::string> queue_files;
+  std::string queue_name;
+  auto* queue_put = queue->add_subcommand("put", "add or replace queues from TOML files");
+  queue_put->add_option("files", queue_files, "queue files")->required();
+  auto* queue_list = queue->add_subcommand("list", "list queues with their windows and counts");
+  auto* queue_show = queue->add_subcommand("show", "show a queue");
+  queue_show->add_option("name", queue_name)->required();
+  auto* queue_rm = queue->add_subcommand("rm", "remove a queue (refused while jobs use it)");
+  queue_rm->add_option("name", queue_name)->required();
+
   auto* run = app.add_subcommand("run", "run a job: prints the new instance id(s)");
   std::vector<std::string> run_params;
   uint64_t run_count = 1;
@@ -203,22 +214,48 @@ int main(int argc, char** argv) {
     return 1;
   };
 
-  if (job_put->parsed()) {
-    json files = json::array();
-    for (const auto& f : put_files) {
+  // Files are read here and sent whole, so errors name them as the operator typed them.
+  auto read_files = [](const std::vector<std::string>& paths, json& files) -> zf::Status {
+    files = json::array();
+    for (const auto& f : paths) {
       std::ifstream in(f, std::ios::binary);
-      if (!in) return fail(zf::Error{f + ": cannot read the file"});
+      if (!in) return zf::Error{f + ": cannot read the file"};
       std::stringstream ss;
       ss << in.rdbuf();
       files.push_back({{"source", f}, {"text", ss.str()}});
     }
-    auto r = call("job.put", {{"files", files}});
+    return {};
+  };
+  if (job_put->parsed() || queue_put->parsed()) {
+    json files;
+    if (auto s = read_files(job_put->parsed() ? put_files : queue_files, files); !s.ok()) return fail(s.error());
+    auto r = call(job_put->parsed() ? "job.put" : "queue.put", {{"files", files}});
     if (!r.ok()) return fail(r.error());
     if (as_json) std::cout << dump(*r) << "\n";
     else {
       for (const auto& n : (*r)["created"]) std::cout << "created " << n.get<std::string>() << "\n";
       for (const auto& n : (*r)["updated"]) std::cout << "updated " << n.get<std::string>() << "\n";
     }
+    return 0;
+  }
+  if (queue_list->parsed()) {
+    auto r = call("queue.list", json::object());
+    if (!r.ok()) return fail(r.error());
+    if (as_json) { std::cout << dump(*r) << "\n"; return 0; }
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& q : (*r)["queues"])
+      rows.push_back({cell(q, "name"), cell(q, "run_on") + (q.contains("fallback") ? "/" + cell(q, "fallback") : ""),
+                      cell(q, "max_parallel"), cell(q, "window"), cell(q, "in_flight"), cell(q, "waiting"),
+                      cell(q, "dispatched"), cell(q, "finished"), cell(q, "eligible_members")});
+    print_table({"NAME", "RUN_ON", "PER_MEMBER", "WINDOW", "RUNNING", "WAITING", "DISPATCHED", "FINISHED", "MEMBERS"},
+                rows);
+    return 0;
+  }
+  if (queue_show->parsed() || queue_rm->parsed()) {
+    auto r = call(queue_show->parsed() ? "queue.show" : "queue.rm", {{"name", queue_name}});
+    if (!r.ok()) return fail(r.error());
+    if (as_json || queue_show->parsed()) std::cout << dump(*r, as_json ? -1 : 2) << "\n";
+    else std::cout << "removed " << queue_name << "\n";
     return 0;
   }
   if (job_list->parsed()) {

@@ -18,6 +18,12 @@ bool is_valid_job_name(std::string_view name) {
   return true;
 }
 
+std::string queue_of(const Job& job) {
+  if (job.local_queue) return job.local_queue->name;
+  if (!job.queue.empty()) return job.queue;
+  return std::string(kDefaultQueue);
+}
+
 bool is_valid_param_name(std::string_view name) {
   if (name.empty() || name.size() > 64 || std::isdigit(static_cast<unsigned char>(name[0]))) return false;
   for (char c : name)

@@ -11,6 +11,7 @@
 
 #include "common/duration.h"
 #include "common/protocol.h"
+#include "common/queue_config.h"
 #include "common/result.h"
 
 namespace zf {
@@ -45,6 +46,12 @@ struct Job {
   std::vector<ParamSpec> params;
   std::vector<Step> steps;
   std::optional<Millis> timeout;  // whole instance
+  // Where its instances wait: a shared queue by name (`queue = "NAME"`), or a
+  // queue of its own (`[queue]` table, named local_queue_name(job)). Neither:
+  // the shared queue "default".
+  std::string queue;
+  std::optional<QueueConfig> local_queue;
+  int priority = 0;  // higher first within its queue
   std::string source_name;        // file the job came from (for messages)
   std::string source_text;        // the TOML as given, kept for `job show`
 };
@@ -52,6 +59,9 @@ struct Job {
 // Names of jobs and parameters: letters, digits and ._- (parameters: no dots
 // or dashes so that they read like identifiers in templates).
 bool is_valid_job_name(std::string_view name);
+// The queue an instance of `job` enters.
+std::string queue_of(const Job& job);
+inline constexpr std::string_view kDefaultQueue = "default";
 bool is_valid_param_name(std::string_view name);
 
 // Every {{name}} in a template, in order; Error if a brace pair is broken.

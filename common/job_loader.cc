@@ -15,7 +15,7 @@ namespace {
 // Keys reserved for step kinds the format will grow (see schemas/job-format.md),
 // so that files written for a later version fail clearly rather than oddly.
 const std::set<std::string_view> kPlannedStepKinds = {"choose", "for_each", "try", "call"};
-const std::set<std::string_view> kPlannedJobKeys = {"triggers", "retry", "queue", "priority", "requires"};
+const std::set<std::string_view> kPlannedJobKeys = {"triggers", "retry", "requires"};
 
 // Builds "file:line:col: field 'path': what" messages for one job file.
 class Context {
@@ -215,19 +215,69 @@ Result<Step> load_step(const Context& cx, const toml::node& n, size_t index, con
   return step;
 }
 
-}  // namespace
 
-Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) {
-  Context cx(source_name);
-  toml::table root;
+Result<int> get_int(const Context& cx, const toml::node& n, std::string_view field, int64_t lo, int64_t hi) {
+  if (!n.is_integer()) return cx.at(&n, field, "expected an integer");
+  int64_t v = *n.value<int64_t>();
+  if (v < lo || v > hi)
+    return cx.at(&n, field, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+  return static_cast<int>(v);
+}
+
+// TOML syntax errors, with the file, line and column of the problem.
+Result<toml::table> parse_toml(std::string_view text, std::string_view source_name) {
   try {
-    root = toml::parse(toml_text, source_name);
+    return toml::parse(text, source_name);
   } catch (const toml::parse_error& e) {
     std::ostringstream msg;
     msg << source_name << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
         << e.description();
     return make_error(msg.str());
   }
+}
+
+// The fields of a queue, shared by queue files and a job's [queue] table.
+Status load_queue_fields(const Context& cx, const toml::table& t, std::string_view prefix, QueueConfig& q) {
+  for (const auto& [k, v] : t) {
+    std::string key(k.str());
+    std::string field = prefix.empty() ? key : std::string(prefix) + "." + key;
+    if (key == "name" && prefix.empty()) continue;
+    if (key == "max_parallel") {
+      auto n = get_int(cx, v, field, 1, 100000);
+      if (!n.ok()) return n.error();
+      q.max_parallel = *n;
+    } else if (key == "max_total") {
+      auto n = get_int(cx, v, field, 1, 10000000);
+      if (!n.ok()) return n.error();
+      q.max_total = *n;
+    } else if (key == "min_delay") {
+      auto s = get_string(cx, v, field);
+      if (!s.ok()) return s.error();
+      auto d = parse_duration(*s);
+      if (!d.ok()) return cx.at(&v, field, d.error().message);
+      q.min_delay = *d;
+    } else if (key == "run_on" || key == "fallback") {
+      auto s = get_string(cx, v, field);
+      if (!s.ok()) return s.error();
+      auto r = parse_run_on(*s);
+      if (!r.ok()) return cx.at(&v, field, "expected \"any\", \"master\" or \"workers\"");
+      if (key == "run_on") q.run_on = *r;
+      else q.fallback = *r;
+    } else {
+      return cx.at(&v, field, "unknown field (allowed: max_parallel, max_total, min_delay, run_on, fallback)");
+    }
+  }
+  if (auto s = validate(q); !s.ok()) return cx.at(nullptr, prefix.empty() ? "" : prefix, s.error().message);
+  return {};
+}
+
+}  // namespace
+
+Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) {
+  Context cx(source_name);
+  auto parsed = parse_toml(toml_text, source_name);
+  if (!parsed.ok()) return parsed.error();
+  toml::table& root = parsed.value();
   Job job;
   job.source_name = std::string(source_name);
   job.source_text = std::string(toml_text);
@@ -257,10 +307,27 @@ Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) 
       auto d = get_duration(cx, v, key);
       if (!d.ok()) return d.error();
       job.timeout = *d;
+    } else if (key == "queue") {
+      if (v.is_string()) {
+        job.queue = *v.value<std::string>();
+        if (!is_valid_job_name(job.queue) || job.queue.find(':') != std::string::npos)
+          return cx.at(&v, key, "'" + job.queue + "' is not a valid queue name");
+      } else if (const auto* qt = v.as_table()) {
+        QueueConfig q;
+        q.name = "job:" + job.name;
+        if (auto s = load_queue_fields(cx, *qt, "queue", q); !s.ok()) return s.error();
+        job.local_queue = q;
+      } else {
+        return cx.at(&v, key, "expected a queue name or a [queue] table");
+      }
+    } else if (key == "priority") {
+      auto n = get_int(cx, v, key, -1000000, 1000000);
+      if (!n.ok()) return n.error();
+      job.priority = *n;
     } else if (kPlannedJobKeys.count(key)) {
       return cx.at(&v, key, "is planned but not supported by this version");
     } else {
-      return cx.at(&v, key, "unknown field (allowed: name, description, timeout, params, steps)");
+      return cx.at(&v, key, "unknown field (allowed: name, description, timeout, queue, priority, params, steps)");
     }
   }
 
@@ -282,6 +349,27 @@ Result<Job> load_job_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return parse_job(ss.str(), path);
+}
+
+}  // namespace zf
+
+namespace zf {
+
+Result<QueueConfig> parse_queue(std::string_view toml_text, std::string_view source_name) {
+  Context cx(source_name);
+  auto parsed = parse_toml(toml_text, source_name);
+  if (!parsed.ok()) return parsed.error();
+  toml::table& root = parsed.value();
+  QueueConfig q;
+  const toml::node* name = root["name"].node();
+  if (!name) return cx.at(nullptr, "name", "missing (every queue has a name)");
+  auto n = get_string(cx, *name, "name");
+  if (!n.ok()) return n.error();
+  if (!is_valid_job_name(*n) || n->find(':') != std::string::npos)
+    return cx.at(name, "name", "'" + *n + "' is not a valid queue name (letters, digits, '.', '_', '-')");
+  q.name = *n;
+  if (auto s = load_queue_fields(cx, root, "", q); !s.ok()) return s.error();
+  return q;
 }
 
 }  // namespace zf

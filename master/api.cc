@@ -114,6 +114,10 @@ nlohmann::json Master::handle_api(const std::string& client, const proto::ApiReq
   if (op == "workers") return api_workers(a);
   if (op == "stats") return api_stats(a);
   if (op == "ping") return api_ping(a);
+  if (op == "queue.put") return api_queue_put(a);
+  if (op == "queue.list") return api_queue_list(a);
+  if (op == "queue.show") return api_queue_show(a);
+  if (op == "queue.rm") return api_queue_rm(a);
   if (op == "wait") {
     nlohmann::json out;
     deferred = !api_wait(client, req.req, a, out);
@@ -135,8 +139,23 @@ nlohmann::json Master::api_job_put(const nlohmann::json& args) {
       if (p.name == job->name) throw ApiError{"job '" + job->name + "' is defined twice (" + p.source_name + ", " + job->source_name + ")"};
     parsed.push_back(std::move(job.value()));
   }
+  for (const auto& j : parsed)
+    if (!j.queue.empty() && !queues_.count(j.queue))
+      throw ApiError{j.source_name + ": job '" + j.name + "' uses queue '" + j.queue +
+                     "', which does not exist (zforce queue put FILE first)"};
   nlohmann::json out = {{"created", nlohmann::json::array()}, {"updated", nlohmann::json::array()}};
   for (auto& j : parsed) {
+    if (j.local_queue) {
+      if (auto s = sched_.add_or_update_queue(*j.local_queue); !s.ok()) throw ApiError{s.error().message};
+      queues_[j.local_queue->name] = *j.local_queue;
+      publish_queue_updated(j.local_queue->name, "updated");
+    } else if (auto old = jobs_.find(j.name); old != jobs_.end() && old->second.local_queue) {
+      // The job no longer has a queue of its own; drop it once it is empty.
+      if (sched_.remove_queue(old->second.local_queue->name).ok()) {
+        queues_.erase(old->second.local_queue->name);
+        publish_queue_updated(old->second.local_queue->name, "removed");
+      }
+    }
     bool exists = jobs_.count(j.name) > 0;
     out[exists ? "updated" : "created"].push_back(j.name);
     proto::Event ev;
@@ -172,14 +191,22 @@ nlohmann::json Master::api_job_show(const nlohmann::json& args) {
   nlohmann::json steps = nlohmann::json::array();
   for (const auto& s : j.steps) steps.push_back(step_json(s));
   nlohmann::json out = {{"name", j.name},     {"description", j.description}, {"params", params},
-                        {"steps", steps},     {"source", j.source_name},       {"text", j.source_text}};
+                        {"steps", steps},     {"source", j.source_name},       {"text", j.source_text},
+                        {"queue", queue_of(j)}, {"priority", j.priority}};
   if (j.timeout) out["timeout"] = format_duration(*j.timeout);
   return out;
 }
 
 nlohmann::json Master::api_job_rm(const nlohmann::json& args) {
   std::string name = need_string(args, "name");
-  if (!jobs_.erase(name)) throw ApiError{"no job named '" + name + "'"};
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) throw ApiError{"no job named '" + name + "'"};
+  // Its own queue goes with it unless instances still wait or run there.
+  if (it->second.local_queue && sched_.remove_queue(it->second.local_queue->name).ok()) {
+    queues_.erase(it->second.local_queue->name);
+    publish_queue_updated(it->second.local_queue->name, "removed");
+  }
+  jobs_.erase(it);
   proto::Event ev;
   ev.type = "job.removed";
   ev.job = name;
@@ -209,15 +236,15 @@ nlohmann::json Master::api_run(const nlohmann::json& args) {
   auto resolved = resolve_instance(it->second, given);
   if (!resolved.ok()) throw ApiError{resolved.error().message};
   auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
-  uint64_t timeout = it->second.timeout ? static_cast<uint64_t>(it->second.timeout->count()) : 0;
   nlohmann::json ids = nlohmann::json::array();
-  for (uint64_t i = 0; i < count; ++i) ids.push_back(create_instance(name, resolved->params, steps, timeout));
+  for (uint64_t i = 0; i < count; ++i) ids.push_back(create_instance(it->second, resolved->params, steps));
   return {{"instances", ids}};
 }
 
 nlohmann::json Master::instance_summary(const Instance& inst) const {
   nlohmann::json j = {{"id", inst.id}, {"job", inst.job}, {"state", state_name(inst.state)},
                       {"attempt", inst.attempt}};
+  j["queue"] = inst.queue;
   if (!inst.member.empty()) j["member"] = inst.member;
   if (is_terminal(inst.state) && inst.state != InstanceState::Lost) {
     j["exit_code"] = inst.exit_code;
@@ -283,7 +310,8 @@ nlohmann::json Master::api_cancel(const nlohmann::json& args) {
   if (is_terminal(inst.state)) throw ApiError{"instance " + std::to_string(id) + " already ended (" +
                                               std::string(state_name(inst.state)) + ")"};
   if (inst.state == InstanceState::Queued) {
-    transition(inst, InstanceEvent::Cancel);  // the waiting line skips it
+    if (auto s = sched_.cancel_waiting(id); !s.ok()) throw ApiError{s.error().message};
+    transition(inst, InstanceEvent::Cancel);
     notify_waiters(inst);
     return {{"instance", id}, {"state", "cancelled"}};
   }
@@ -321,7 +349,7 @@ nlohmann::json Master::api_stats(const nlohmann::json&) {
           {"api_requests", counters_.api_requests},
           {"dispatched", counters_.dispatched},
           {"events_published", events_->last_seq()},
-          {"waiting", waiting_.size()},
+          {"waiting", by_state.value("queued", 0)},
           {"instances", by_state},
           {"jobs", jobs_.size()}};
 }
@@ -333,6 +361,88 @@ nlohmann::json Master::api_ping(const nlohmann::json& args) {
   if (args.contains("token")) ev.detail = need_string(args, "token");
   events_->publish(std::move(ev));
   return {{"seq", events_->last_seq()}};
+}
+
+void Master::publish_queue_updated(const std::string& name, const std::string& what) {
+  proto::Event ev;
+  ev.type = "queue.updated";
+  ev.queue = name;
+  ev.detail = what;
+  events_->publish(std::move(ev));
+}
+
+nlohmann::json Master::queue_json(const QueueConfig& q) const {
+  nlohmann::json j = {{"name", q.name},
+                      {"max_parallel", q.max_parallel},
+                      {"min_delay", format_duration(q.min_delay)},
+                      {"run_on", to_string(q.run_on)}};
+  if (q.max_total) j["max_total"] = *q.max_total;
+  if (q.fallback) j["fallback"] = to_string(*q.fallback);
+  if (auto st = sched_.queue_stats(q.name)) {
+    j["window"] = st->window;
+    j["in_flight"] = st->in_flight;
+    j["held"] = st->held;
+    j["waiting"] = st->waiting;
+    j["eligible_members"] = st->eligible_members;
+    j["dispatched"] = st->dispatched;
+    j["finished"] = st->finished + st->cancelled + st->timed_out;
+    j["lost"] = st->lost;
+  }
+  nlohmann::json users = nlohmann::json::array();
+  for (const auto& [name, job] : jobs_)
+    if (queue_of(job) == q.name) users.push_back(name);
+  j["jobs"] = users;
+  return j;
+}
+
+nlohmann::json Master::api_queue_put(const nlohmann::json& args) {
+  const auto& files = need(args, "files");
+  if (!files.is_array() || files.empty()) throw ApiError{"argument 'files' must be a non-empty list"};
+  std::vector<QueueConfig> parsed;
+  for (const auto& f : files) {
+    if (!f.is_object()) throw ApiError{"each file is {source, text}"};
+    auto q = parse_queue(need_string(f, "text"), need_string(f, "source"));
+    if (!q.ok()) throw ApiError{q.error().message};
+    if (q->name == kDefaultQueue)
+      throw ApiError{need_string(f, "source") + ": the queue 'default' is built in and cannot be replaced"};
+    parsed.push_back(std::move(q.value()));
+  }
+  nlohmann::json out = {{"created", nlohmann::json::array()}, {"updated", nlohmann::json::array()}};
+  for (auto& q : parsed) {
+    if (auto s = sched_.add_or_update_queue(q); !s.ok()) throw ApiError{s.error().message};
+    bool exists = queues_.count(q.name) > 0;
+    out[exists ? "updated" : "created"].push_back(q.name);
+    queues_[q.name] = q;
+    publish_queue_updated(q.name, exists ? "updated" : "created");
+  }
+  dispatch_needed_ = true;  // a bigger window may start waiting instances now
+  return out;
+}
+
+nlohmann::json Master::api_queue_list(const nlohmann::json&) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [name, q] : queues_) out.push_back(queue_json(q));
+  return {{"queues", out}};
+}
+
+nlohmann::json Master::api_queue_show(const nlohmann::json& args) {
+  std::string name = need_string(args, "name");
+  auto it = queues_.find(name);
+  if (it == queues_.end()) throw ApiError{"no queue named '" + name + "'"};
+  return queue_json(it->second);
+}
+
+nlohmann::json Master::api_queue_rm(const nlohmann::json& args) {
+  std::string name = need_string(args, "name");
+  auto it = queues_.find(name);
+  if (it == queues_.end()) throw ApiError{"no queue named '" + name + "'"};
+  if (name == kDefaultQueue) throw ApiError{"the queue 'default' is built in and cannot be removed"};
+  for (const auto& [jn, job] : jobs_)
+    if (queue_of(job) == name) throw ApiError{"queue '" + name + "' is used by job '" + jn + "'"};
+  if (auto s = sched_.remove_queue(name); !s.ok()) throw ApiError{s.error().message};
+  queues_.erase(it);
+  publish_queue_updated(name, "removed");
+  return {{"removed", name}};
 }
 
 bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::json& args, nlohmann::json& out) {

@@ -25,7 +25,15 @@ std::string ms_string(Clock::duration d) {
 }
 }  // namespace
 
-Master::Master(MasterOptions options) : opt_(std::move(options)), ctx_(1) {}
+Master::Master(MasterOptions options) : opt_(std::move(options)), ctx_(1) {
+  // The queue of jobs that name none: only the members' slots limit it.
+  QueueConfig def;
+  def.name = std::string(kDefaultQueue);
+  def.max_parallel = 100000;
+  queues_[def.name] = def;
+  auto s = sched_.add_or_update_queue(def);
+  (void)s;  // a constant, valid configuration
+}
 
 Master::~Master() {
   stop_local_worker();
@@ -153,6 +161,8 @@ void Master::member_event(Member& m, MemberEvent e) {
     events_->publish(ev);
     release_member_instances(m);
   } else if (m.state == MemberState::Active && !is_present(before)) {
+    if (auto s = sched_.member_joined(m.name, m.local, static_cast<int>(m.slots)); !s.ok())
+      log::error("member '" + m.name + "': " + s.error().message);
     ev.type = "member.joined";
     ev.detail = std::to_string(m.slots) + " slots";
     events_->publish(ev);
@@ -166,26 +176,34 @@ void Master::member_event(Member& m, MemberEvent e) {
 // Everything a vanished member held becomes lost and, while attempts remain,
 // goes back to the front of the line as a new attempt.
 void Master::release_member_instances(Member& m) {
-  std::vector<uint64_t> held(m.in_flight.begin(), m.in_flight.end());
-  std::vector<uint64_t> requeue;
-  for (uint64_t id : held) {
-    auto it = instances_.find(id);
-    if (it == instances_.end()) continue;
-    Instance& inst = it->second;
-    free_slot(inst);
-    transition(inst, InstanceEvent::Lose);
-    if (!inst.cancel_requested && inst.attempt < opt_.max_attempts) requeue.push_back(id);
-    else notify_waiters(inst);
+  // The scheduler takes back every credit the member held, in queue order.
+  auto held = sched_.member_gone(m.name);
+  if (!held.ok()) {
+    log::error("member '" + m.name + "': " + held.error().message);
+    return;
   }
   m.in_flight.clear();
-  std::fill(m.slot_used.begin(), m.slot_used.end(), false);
-  // Oldest first at the very front.
-  for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) {
-    Instance& inst = instances_[*it];
-    inst.attempt += 1;
-    transition(inst, InstanceEvent::Requeue);
-    waiting_.push_front(inst.id);
+  for (uint64_t id : *held) {
+    auto it = instances_.find(id);
+    if (it != instances_.end()) lose(it->second);
   }
+}
+
+// The instance's member is gone (its credit is already back): it is lost, and
+// while attempts remain it goes to the front of its queue as a new attempt.
+void Master::lose(Instance& inst) {
+  transition(inst, InstanceEvent::Lose);
+  if (inst.cancel_requested || inst.attempt >= opt_.max_attempts) {
+    notify_waiters(inst);
+    return;
+  }
+  inst.attempt += 1;
+  transition(inst, InstanceEvent::Requeue);
+  if (auto s = sched_.submit(inst.id, inst.queue, inst.priority, /*front=*/true); !s.ok()) {
+    log::error("instance " + std::to_string(inst.id) + " cannot be re-queued: " + s.error().message);
+    return;
+  }
+  dispatch_needed_ = true;
 }
 
 void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto::Ready& r, Clock::time_point now) {
@@ -207,7 +225,6 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
   m.last_seen = now;
   if (!is_present(m.state)) {
     m.slots = r.slots;
-    m.slot_used.assign(r.slots, false);
     m.joined_us = wall_clock_us();
   } else {
     // A re-registration while we still count it present: reconcile. What we
@@ -219,18 +236,14 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
       if (!reported.count(iid)) gone.push_back(iid);
     for (uint64_t iid : gone) {
       Instance& inst = instances_[iid];
-      free_slot(inst);
-      transition(inst, InstanceEvent::Lose);
-      if (inst.attempt < opt_.max_attempts && !inst.cancel_requested) {
-        inst.attempt += 1;
-        transition(inst, InstanceEvent::Requeue);
-        waiting_.push_front(iid);
-      } else {
-        notify_waiters(inst);
-      }
+      end_in_flight(inst, QueueScheduler::EndReason::kFinished);
+      lose(inst);
     }
-    m.slots = r.slots;
-    if (m.slot_used.size() < r.slots) m.slot_used.resize(r.slots, false);
+    if (m.slots != r.slots) {
+      m.slots = r.slots;
+      if (auto s = sched_.member_joined(m.name, m.local, static_cast<int>(m.slots)); !s.ok())
+        log::error("member '" + m.name + "': " + s.error().message);
+    }
   }
   member_event(m, MemberEvent::Ready);
   send_to(m, proto::Welcome{static_cast<uint32_t>(opt_.heartbeat.count()), opt_.liveness});
@@ -305,24 +318,27 @@ void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
 
 // ---- instances ---------------------------------------------------------------
 
-uint64_t Master::create_instance(const std::string& job, std::map<std::string, std::string> params,
-                                 std::shared_ptr<const std::vector<proto::StepSpec>> steps, uint64_t timeout_ms) {
+uint64_t Master::create_instance(const Job& job, std::map<std::string, std::string> params,
+                                 std::shared_ptr<const std::vector<proto::StepSpec>> steps) {
   uint64_t id = next_instance_id_++;
   Instance& inst = instances_[id];
   inst.id = id;
-  inst.job = job;
+  inst.job = job.name;
+  inst.queue = queue_of(job);
+  inst.priority = job.priority;
   inst.params = std::move(params);
   inst.steps = std::move(steps);
-  inst.timeout_ms = timeout_ms;
+  inst.timeout_ms = job.timeout ? static_cast<uint64_t>(job.timeout->count()) : 0;
   inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, ""});
   proto::Event ev;
   ev.type = "instance.queued";
   ev.instance = id;
-  ev.job = job;
-  ev.queue = "default";
+  ev.job = inst.job;
+  ev.queue = inst.queue;
   ev.attempt = 1;
   events_->publish(std::move(ev));
-  waiting_.push_back(id);
+  if (auto s = sched_.submit(id, inst.queue, inst.priority); !s.ok())
+    log::error("instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
   dispatch_needed_ = true;
   return id;
 }
@@ -340,7 +356,7 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
   ev.type = "instance." + std::string(state_name(inst.state));
   ev.instance = inst.id;
   ev.job = inst.job;
-  ev.queue = "default";
+  ev.queue = inst.queue;
   ev.attempt = inst.attempt;
   if (!inst.member.empty() && inst.state != InstanceState::Queued) ev.member = inst.member;
   if (inst.slot >= 0 && (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running))
@@ -353,12 +369,13 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
   }
 }
 
-void Master::free_slot(Instance& inst) {
+// Gives the instance's credit back to the scheduler (exactly once: the
+// scheduler refuses a second end) and its slot back to the member.
+void Master::end_in_flight(Instance& inst, QueueScheduler::EndReason why) {
+  if (auto s = sched_.finished(inst.id, Clock::now(), why); !s.ok())
+    log::error("instance " + std::to_string(inst.id) + ": " + s.error().message);
   auto it = members_.find(inst.member);
-  if (it == members_.end()) return;
-  Member& m = it->second;
-  m.in_flight.erase(inst.id);
-  if (inst.slot >= 0 && static_cast<size_t>(inst.slot) < m.slot_used.size()) m.slot_used[inst.slot] = false;
+  if (it != members_.end()) it->second.in_flight.erase(inst.id);
   dispatch_needed_ = true;
 }
 
@@ -386,7 +403,6 @@ void Master::on_finished(Member& m, const proto::Finished& f) {
     return;
   }
   Instance& inst = it->second;
-  free_slot(inst);
   ++m.finished;
   inst.exit_code = f.exit_code;
   inst.failed_step = f.failed_step;
@@ -394,62 +410,42 @@ void Master::on_finished(Member& m, const proto::Finished& f) {
   inst.error = f.error;
   inst.output = f.output;
   InstanceEvent e = InstanceEvent::Fail;
+  auto why = QueueScheduler::EndReason::kFinished;
   if (f.status == "succeeded") e = InstanceEvent::Succeed;
-  else if (f.status == "timed_out") e = InstanceEvent::TimeOut;
-  else if (f.status == "cancelled") e = InstanceEvent::Cancel;
+  else if (f.status == "timed_out") e = InstanceEvent::TimeOut, why = QueueScheduler::EndReason::kTimedOut;
+  else if (f.status == "cancelled") e = InstanceEvent::Cancel, why = QueueScheduler::EndReason::kCancelled;
+  end_in_flight(inst, why);
   transition(inst, e, f.exit_code);
   notify_waiters(inst);
 }
 
-// Least loaded member with a free slot: lowest in-flight/slots; on a tie the
-// one with more free slots, then the one that waited longest for work, so an
-// idle cluster spreads single runs instead of piling them on one member.
-Member* Master::pick_member() {
-  Member* best = nullptr;
-  for (auto& [id, m] : members_) {
-    if (m.state != MemberState::Active || m.in_flight.size() >= m.slots) continue;
-    if (!best) {
-      best = &m;
-      continue;
-    }
-    size_t lhs = m.in_flight.size() * best->slots, rhs = best->in_flight.size() * m.slots;
-    size_t free_m = m.slots - m.in_flight.size(), free_b = best->slots - best->in_flight.size();
-    if (lhs < rhs || (lhs == rhs && (free_m > free_b || (free_m == free_b && m.last_assigned < best->last_assigned))))
-      best = &m;
-  }
-  return best;
-}
-
 void Master::dispatch() {
   dispatch_needed_ = false;
-  while (!waiting_.empty()) {
-    uint64_t id = waiting_.front();
-    auto it = instances_.find(id);
-    if (it == instances_.end() || it->second.state != InstanceState::Queued) {
-      waiting_.pop_front();  // cancelled while waiting
-      continue;
-    }
-    Member* m = pick_member();
-    if (!m) return;
-    waiting_.pop_front();
-    Instance& inst = it->second;
-    int slot = 0;
-    while (static_cast<size_t>(slot) < m->slot_used.size() && m->slot_used[slot]) ++slot;
-    if (static_cast<size_t>(slot) < m->slot_used.size()) m->slot_used[slot] = true;
-    inst.member = m->name;
-    inst.slot = slot;
-    m->in_flight.insert(id);
-    m->last_assigned = ++counters_.dispatched;
+  auto starts = sched_.dispatch(Clock::now());
+  if (starts.empty()) return;
+  // Every credit is recorded before anything is sent: a failed send loses
+  // the member, which must then find all of its instances assigned to it.
+  for (const auto& d : starts) {
+    Instance& inst = instances_[d.instance];
+    Member& m = members_[d.member];
+    inst.member = d.member;
+    inst.slot = d.slot;
+    m.in_flight.insert(d.instance);
+    m.last_assigned = ++counters_.dispatched;
     transition(inst, InstanceEvent::Dispatch);
+  }
+  for (const auto& d : starts) {
+    Instance& inst = instances_[d.instance];
+    Member& m = members_[d.member];
+    if (!is_present(m.state) || inst.member != d.member || inst.state != InstanceState::Assigned) continue;
     proto::Assign a;
-    a.instance = id;
+    a.instance = inst.id;
     a.attempt = inst.attempt;
     a.job = inst.job;
     a.params = inst.params;
     a.steps = *inst.steps;
     a.timeout_ms = inst.timeout_ms;
-    // If the send fails the member is lost, which puts the instance back.
-    send_to(*m, a);
+    send_to(m, a);
   }
 }
 
@@ -513,6 +509,7 @@ Clock::time_point Master::next_wakeup(Clock::time_point now) const {
     t = std::min(t, m.last_seen + expiry + std::chrono::milliseconds(1));
   }
   for (const auto& w : waiters_) t = std::min(t, w.deadline);
+  if (auto d = sched_.next_deadline()) t = std::min(t, *d);
   return t;
 }
 
@@ -548,7 +545,9 @@ int Master::run() {
     if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
     if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
     if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
-    on_timer(Clock::now());
+    auto after = Clock::now();
+    on_timer(after);
+    if (auto d = sched_.next_deadline(); d && *d <= after) dispatch_needed_ = true;
     if (dispatch_needed_) dispatch();
   }
   shut_down();

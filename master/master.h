@@ -26,6 +26,7 @@
 #include "master/event_publisher.h"
 #include "master/instance_state.h"
 #include "master/member_state.h"
+#include "master/queue_scheduler.h"
 
 namespace zf {
 
@@ -56,7 +57,6 @@ struct Member {
   std::vector<std::string> tags;
   std::string version;
   std::set<uint64_t> in_flight;
-  std::vector<bool> slot_used;  // which of its slots hold an instance
   Clock::time_point last_seen{};
   Clock::time_point last_sent{};
   int64_t joined_us = 0;
@@ -74,6 +74,8 @@ struct Transition {
 struct Instance {
   uint64_t id = 0;
   std::string job;
+  std::string queue;
+  int priority = 0;
   uint32_t attempt = 1;
   InstanceState state = InstanceState::Queued;
   std::map<std::string, std::string> params;
@@ -139,14 +141,14 @@ class Master {
   void refuse(zmq::socket_t& s, const std::string& id, const std::string& reason);
 
   // --- instances
-  uint64_t create_instance(const std::string& job, std::map<std::string, std::string> params,
-                           std::shared_ptr<const std::vector<proto::StepSpec>> steps, uint64_t timeout_ms);
+  uint64_t create_instance(const Job& job, std::map<std::string, std::string> params,
+                           std::shared_ptr<const std::vector<proto::StepSpec>> steps);
   void transition(Instance& inst, InstanceEvent e, std::optional<int32_t> exit_code = std::nullopt);
   void on_started(Member& m, const proto::Started& s);
   void on_finished(Member& m, const proto::Finished& f);
-  void free_slot(Instance& inst);
+  void end_in_flight(Instance& inst, QueueScheduler::EndReason why);
+  void lose(Instance& inst);
   void dispatch();
-  Member* pick_member();
   void notify_waiters(const Instance& inst);
 
   // --- api (master/api.cc)
@@ -162,6 +164,12 @@ class Master {
   nlohmann::json api_workers(const nlohmann::json& args);
   nlohmann::json api_stats(const nlohmann::json& args);
   nlohmann::json api_ping(const nlohmann::json& args);
+  nlohmann::json api_queue_put(const nlohmann::json& args);
+  nlohmann::json api_queue_list(const nlohmann::json& args);
+  nlohmann::json api_queue_show(const nlohmann::json& args);
+  nlohmann::json api_queue_rm(const nlohmann::json& args);
+  nlohmann::json queue_json(const QueueConfig& q) const;
+  void publish_queue_updated(const std::string& name, const std::string& what);
   bool api_wait(const std::string& client, uint64_t req, const nlohmann::json& args, nlohmann::json& out);
   void reply(const std::string& client, uint64_t req, bool ok, const std::string& error, nlohmann::json result);
   nlohmann::json instance_summary(const Instance& inst) const;
@@ -179,7 +187,10 @@ class Master {
   std::map<std::string, Member> members_;
   std::map<std::string, Job> jobs_;
   std::map<uint64_t, Instance> instances_;
-  std::deque<uint64_t> waiting_;
+  // Every queue the scheduler knows: shared ones (queue put, and "default")
+  // and jobs' own ("job:NAME").
+  std::map<std::string, QueueConfig> queues_;
+  QueueScheduler sched_;
   uint64_t next_instance_id_ = 1;
   std::list<Waiter> waiters_;
   std::unordered_multimap<uint64_t, std::list<Waiter>::iterator> waiters_by_instance_;

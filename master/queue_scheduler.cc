@@ -4,6 +4,7 @@
 #include <array>
 #include <cassert>
 #include <compare>
+#include <iterator>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -36,7 +37,8 @@ ClassMask classes_of(RunOn rule) {
   return 0;
 }
 
-// Numbered slots handed out lowest number first. The capacity may drop below
+// Numbered slots handed out lowest number first; owned by a Member (its
+// slots) or a Queue (its slots on one member). The capacity may drop below
 // the number in use (lowered max_parallel or member slots): holders keep their
 // numbers, and has_room() stays false until enough of them are given back.
 // Whenever in_use() < capacity some number below the capacity is free, and it
@@ -127,6 +129,15 @@ enum class QueueState {
   kWanting,   // waiting with a free credit; still needs a member with room
 };
 
+std::string_view state_name(QueueState state) {
+  switch (state) {
+    case QueueState::kIdle: return "idle";
+    case QueueState::kNoCredit: return "no_credit";
+    case QueueState::kWanting: return "wanting";
+  }
+  return "?";
+}
+
 struct Instance {
   InstanceState state = InstanceState::kWaiting;
   QueueId queue = 0;
@@ -205,6 +216,8 @@ using WantEntry = std::pair<WaitKey, QueueId>;
 
 }  // namespace
 
+// The scheduler's state and rules behind the public interface (see the header
+// for the contract). Owns every table below; single-threaded like its owner.
 class QueueScheduler::Impl {
  public:
   Status add_or_update_queue(QueueConfig config) {
@@ -633,6 +646,7 @@ class QueueScheduler::Impl {
   QueueStats stats_of(const Queue& queue) const {
     const Counters& n = queue.counters;
     return QueueStats{queue.config.name,
+                      state_name(queue.state),
                       window(queue),
                       queue.in_flight,
                       static_cast<std::int64_t>(queue.holds.size()),

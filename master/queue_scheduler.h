@@ -53,20 +53,22 @@ namespace zf {
 //  * Every end (finished, cancelled, timed out, member gone) returns the
 //    credit exactly once; a second end of the same instance is refused.
 //
-// Cost per call, with W waiting instances, Q queues and M members:
+// Cost per call, with W waiting instances, Q queues, M members and H held
+// queue slots:
 //  * submit, cancel_waiting: O(log W + log Q).
-//  * finished, adopt: O(log W + log Q + log M).
-//  * dispatch: O(log H) per expired hold, then per started instance
-//    O(log W + log Q + (S + 1) · (log M + K)), where S is the number of
-//    wanting queues skipped because every free member of a class already has
-//    all their slots for that queue in use (at most the in-flight count plus
-//    the holds of any one free member of that class), and K the number of
-//    free members skipped for the same reason for one queue (at most the
-//    members where that queue is in use). Neither grows with W; neither needs
-//    a scan of all queues or all waiting instances.
-//  * member_joined (new member), member_gone, add_or_update_queue,
-//    remove_queue: O(Q log Q) plus the member's or queue's own credits. These
-//    follow operator actions and membership changes, not instance traffic.
+//  * finished, adopt: O(log Q + log M + log H).
+//  * dispatch: O(log H) per hold that falls due, then per started instance
+//    O(log W + log Q + (S + 1) · (log M + K)). S counts the wanting queues
+//    skipped because on every free member of a class all their max_parallel
+//    slots are in use; for any one free member m of that class, S ≤ m's slots
+//    + m's min_delay holds. K counts, for one queue, the free members skipped
+//    for the same reason: at most the members where that queue has slots in
+//    use. Neither grows with W, and no call scans all queues or all waiting
+//    instances; a dispatch that starts nothing costs the same walk once.
+//  * member_joined (a new member), member_gone, add_or_update_queue,
+//    remove_queue: O(Q log Q) plus the member's or queue's own credits and
+//    holds, since who is alive changes every queue's window. These follow
+//    membership changes and operator actions, not instance traffic.
 class QueueScheduler {
  public:
   using InstanceId = std::uint64_t;  // the instance id of the wire protocol
@@ -88,6 +90,10 @@ class QueueScheduler {
   //   submitted = waiting + cancelled_waiting + dispatched
   struct QueueStats {
     std::string name;
+    // "idle": nothing waiting; "no_credit": waiting, the window is in use (or
+    // 0); "wanting": waiting with a free credit, starts as soon as an eligible
+    // member has a free slot and room for this queue.
+    std::string_view state;
     std::int64_t window = 0;        // credits the queue may use now
     std::int64_t in_flight = 0;
     std::int64_t held = 0;          // queue slots held by min_delay

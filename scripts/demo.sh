@@ -37,7 +37,8 @@ pids+=($!)
 sleep 0.5
 "$B/client/zforce" workers
 
-say "loading the example jobs"
+say "loading the example queues and jobs"
+"$B/client/zforce" queue put examples/queues/*.toml
 "$B/client/zforce" job put examples/*.toml
 "$B/client/zforce" job list
 
@@ -52,6 +53,13 @@ say "zforce run flaky --wait (fails on purpose; exit code $("$B/client/zforce" r
 say "zforce run batch --count 20 --wait (builtin sleep, spread over the members)"
 "$B/client/zforce" run batch --count 20 --wait
 sleep 0.3
+
+say "queues: 4 thumbnails and 2 transcodes share the queue 'media' (2 per worker); 3 backups run one at a time, 500 ms apart"
+"$B/client/zforce" run thumbnail --count 4 >/dev/null
+"$B/client/zforce" run transcode --count 2 >/dev/null
+"$B/client/zforce" run backup --count 3 --wait
+"$B/client/zforce" queue list
+sleep 1
 
 say "zforce instances"
 "$B/client/zforce" instances

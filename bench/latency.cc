@@ -1,0 +1,174 @@
+// End-to-end latency of one instance on an idle cluster: submits one
+// instance of JOB through the api (DEALER, op "run"), waits for its
+// instance.succeeded on the tap (SUB), and repeats, one at a time. Prints
+// percentiles of submission -> instance.succeeded (and of submission -> api
+// reply, for reference) in milliseconds. Used by scripts/bench.sh.
+//
+//   zforce-bench-latency --api EP --events EP --job NAME [--count 2000] [--warmup 20]
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "common/protocol.h"
+#include "common/zmq_util.h"
+
+namespace {
+
+namespace proto = zf::proto;
+using zf::recv_multipart;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+[[noreturn]] void die(const std::string& why) {
+  std::fprintf(stderr, "latency: %s\n", why.c_str());
+  std::exit(1);
+}
+
+struct Args {
+  std::string api, events, job;
+  int count = 2000;
+  int warmup = 20;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    if (i + 1 >= argc) die("missing value after " + k);
+    std::string v = argv[++i];
+    if (k == "--api") a.api = v;
+    else if (k == "--events") a.events = v;
+    else if (k == "--job") a.job = v;
+    else if (k == "--count") a.count = std::atoi(v.c_str());
+    else if (k == "--warmup") a.warmup = std::atoi(v.c_str());
+    else die("unknown option " + k);
+  }
+  if (a.api.empty() || a.events.empty() || a.job.empty() || a.count < 1 || a.warmup < 0)
+    die("usage: --api EP --events EP --job NAME [--count N] [--warmup N]");
+  return a;
+}
+
+class Bench {
+ public:
+  explicit Bench(const Args& a) : api_(ctx_, zmq::socket_type::dealer), sub_(ctx_, zmq::socket_type::sub) {
+    api_.set(zmq::sockopt::linger, 0);
+    api_.connect(a.api);
+    sub_.set(zmq::sockopt::linger, 0);
+    sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
+    // Only the events we wait for, so the tap costs this process little.
+    for (const char* t : {"instance.succeeded", "instance.failed", "instance.timed_out", "instance.cancelled",
+                          "instance.lost", "tap.ping"})
+      sub_.set(zmq::sockopt::subscribe, t);
+    sub_.connect(a.events);
+  }
+
+  // PUB/SUB joins late: ping until our own marker comes through.
+  void sync_tap() {
+    for (int i = 0; i < 100; ++i) {
+      std::string token = "latency-sync-" + std::to_string(i);
+      call("ping", {{"token", token}});
+      auto deadline = Clock::now() + 200ms;
+      while (Clock::now() < deadline)
+        if (auto e = next_event(deadline); e && e->type == "tap.ping" && e->detail == token) return;
+    }
+    die("the tap never came alive");
+  }
+
+  // Sends op(args) and returns the reply's result; dies on an error reply or a timeout.
+  nlohmann::json call(const std::string& op, const nlohmann::json& args) {
+    proto::ApiRequest req{++req_, op, args};
+    std::string bytes = proto::encode(req);
+    api_.send(zmq::buffer(bytes), zmq::send_flags::none);
+    auto deadline = Clock::now() + 10s;
+    while (Clock::now() < deadline) {
+      zmq::pollitem_t item{api_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, 100ms);
+      zmq::message_t m;
+      if (!(item.revents & ZMQ_POLLIN) || !api_.recv(m, zmq::recv_flags::dontwait)) continue;
+      auto d = proto::decode(m.data(), m.size());
+      auto* msg = std::get_if<proto::Message>(&d);
+      auto* rep = msg ? std::get_if<proto::ApiReply>(msg) : nullptr;
+      if (!rep || rep->req != req.req) continue;
+      if (!rep->ok) die(op + ": " + rep->error);
+      return rep->result;
+    }
+    die("no reply to " + op + " within 10 s");
+  }
+
+  // The next tap event before the deadline, if any.
+  std::optional<proto::Event> next_event(Clock::time_point deadline) {
+    std::vector<zmq::message_t> parts;
+    while (true) {
+      if (recv_multipart(sub_, parts) && parts.size() == 2) {
+        auto d = proto::decode(parts[1].data(), parts[1].size());
+        if (auto* msg = std::get_if<proto::Message>(&d))
+          if (auto* e = std::get_if<proto::Event>(msg)) return *e;
+        continue;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      zmq::pollitem_t item{sub_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, left);
+    }
+  }
+
+  // Submits one instance and waits for its end; returns {to reply, to end} in ms.
+  std::pair<double, double> one(const std::string& job) {
+    auto t0 = Clock::now();
+    auto r = call("run", {{"job", job}, {"params", nlohmann::json::object()}, {"count", 1}});
+    auto t_reply = Clock::now();
+    uint64_t id = r["instances"].at(0).get<uint64_t>();
+    auto deadline = t0 + 10s;
+    while (true) {
+      auto e = next_event(deadline);
+      if (!e) die("instance " + std::to_string(id) + " did not end within 10 s");
+      if (e->instance != id) continue;
+      if (e->type != "instance.succeeded") die("instance " + std::to_string(id) + ": " + e->type);
+      auto t_end = Clock::now();
+      auto ms = [&](Clock::time_point t) { return std::chrono::duration<double, std::milli>(t - t0).count(); };
+      return {ms(t_reply), ms(t_end)};
+    }
+  }
+
+ private:
+  zmq::context_t ctx_{1};
+  zmq::socket_t api_;
+  zmq::socket_t sub_;
+  uint64_t req_ = 0;
+};
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  size_t i = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a = parse(argc, argv);
+  Bench b(a);
+  b.sync_tap();
+  for (int i = 0; i < a.warmup; ++i) b.one(a.job);
+  std::vector<double> reply, end;
+  auto t0 = Clock::now();
+  for (int i = 0; i < a.count; ++i) {
+    auto [r, e] = b.one(a.job);
+    reply.push_back(r);
+    end.push_back(e);
+  }
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::printf("latency: %d instances one at a time in %.2f s (after %d warm-up)\n", a.count, s, a.warmup);
+  std::printf("latency_p50_ms: %.3f\nlatency_p99_ms: %.3f\nlatency_max_ms: %.3f\n", percentile(end, 50),
+              percentile(end, 99), percentile(end, 100));
+  std::printf("reply_p50_ms: %.3f\nreply_p99_ms: %.3f\n", percentile(reply, 50), percentile(reply, 99));
+  return 0;
+}

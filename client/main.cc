@@ -136,6 +136,10 @@ int main(int argc, char** argv) {
   auto* cancel = app.add_subcommand("cancel", "cancel an instance");
   cancel->add_option("id", inst_id)->required();
   auto* workers = app.add_subcommand("workers", "list cluster members");
+  auto* worker_cmd = app.add_subcommand("worker", "act on one member")->require_subcommand(1);
+  std::string member_name;
+  auto* worker_drain = worker_cmd->add_subcommand("drain", "take nothing new; finish what runs; then leave");
+  worker_drain->add_option("name", member_name)->required();
   auto* stats = app.add_subcommand("stats", "the master's counters");
 
   auto* tap = app.add_subcommand("tap", "print the live event tap");
@@ -381,6 +385,13 @@ int main(int argc, char** argv) {
       rows.push_back({cell(w, "name"), cell(w, "state"), w["local"].get<bool>() ? "master" : "worker",
                       cell(w, "slots"), cell(w, "in_flight"), cell(w, "finished"), cell(w, "last_seen_ms")});
     print_table({"NAME", "STATE", "KIND", "SLOTS", "RUNNING", "FINISHED", "SEEN_MS_AGO"}, rows);
+    return 0;
+  }
+  if (worker_drain->parsed()) {
+    auto r = call("worker.drain", {{"name", member_name}});
+    if (!r.ok()) return fail(r.error());
+    if (as_json) std::cout << dump(*r) << "\n";
+    else std::cout << member_name << " draining, " << (*r)["in_flight"].get<uint64_t>() << " instance(s) still running\n";
     return 0;
   }
   if (stats->parsed()) {

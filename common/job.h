@@ -40,6 +40,17 @@ struct Step {
   std::optional<Millis> timeout;
 };
 
+// When and how an instance runs again as a new attempt. Without a [retry]
+// table: only `lost` retries, up to the master's --max-attempts.
+struct RetryPolicy {
+  uint32_t attempts = 0;  // all attempts together; 0 = the master's default
+  Millis backoff{0};      // before attempt 2; doubles each attempt (failed, timed_out only)
+  Millis max_backoff{600000};
+  bool on_failed = false;
+  bool on_timed_out = false;
+  bool on_lost = true;
+};
+
 struct Job {
   std::string name;
   std::string description;
@@ -52,6 +63,7 @@ struct Job {
   std::string queue;
   std::optional<QueueConfig> local_queue;
   int priority = 0;  // higher first within its queue
+  RetryPolicy retry;
   std::string source_name;        // file the job came from (for messages)
   std::string source_text;        // the TOML as given, kept for `job show`
 };

@@ -15,7 +15,7 @@ namespace {
 // Keys reserved for step kinds the format will grow (see schemas/job-format.md),
 // so that files written for a later version fail clearly rather than oddly.
 const std::set<std::string_view> kPlannedStepKinds = {"choose", "for_each", "try", "call"};
-const std::set<std::string_view> kPlannedJobKeys = {"triggers", "retry", "requires"};
+const std::set<std::string_view> kPlannedJobKeys = {"triggers", "requires"};
 
 // Builds "file:line:col: field 'path': what" messages for one job file.
 class Context {
@@ -320,6 +320,37 @@ Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) 
       } else {
         return cx.at(&v, key, "expected a queue name or a [queue] table");
       }
+    } else if (key == "retry") {
+      const auto* rt = v.as_table();
+      if (!rt) return cx.at(&v, key, "expected a [retry] table");
+      RetryPolicy& r = job.retry;
+      for (const auto& [rk, rv] : *rt) {
+        std::string f = "retry." + std::string(rk.str());
+        if (rk.str() == "attempts") {
+          auto n = get_int(cx, rv, f, 1, 100);
+          if (!n.ok()) return n.error();
+          r.attempts = static_cast<uint32_t>(*n);
+        } else if (rk.str() == "backoff" || rk.str() == "max_backoff") {
+          auto d = get_duration(cx, rv, f);
+          if (!d.ok()) return d.error();
+          (rk.str() == "backoff" ? r.backoff : r.max_backoff) = *d;
+        } else if (rk.str() == "on") {
+          const auto* arr = rv.as_array();
+          if (!arr) return cx.at(&rv, f, "expected a list of outcomes: \"failed\", \"timed_out\", \"lost\"");
+          r.on_failed = r.on_timed_out = r.on_lost = false;
+          for (size_t i = 0; i < arr->size(); ++i) {
+            auto s = get_string(cx, *arr->get(i), f + "[" + std::to_string(i) + "]");
+            if (!s.ok()) return s.error();
+            if (*s == "failed") r.on_failed = true;
+            else if (*s == "timed_out") r.on_timed_out = true;
+            else if (*s == "lost") r.on_lost = true;
+            else return cx.at(arr->get(i), f + "[" + std::to_string(i) + "]",
+                              "unknown outcome '" + *s + "' (failed, timed_out, lost)");
+          }
+        } else {
+          return cx.at(&rv, f, "unknown field (allowed: attempts, backoff, max_backoff, on)");
+        }
+      }
     } else if (key == "priority") {
       auto n = get_int(cx, v, key, -1000000, 1000000);
       if (!n.ok()) return n.error();
@@ -327,7 +358,7 @@ Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) 
     } else if (kPlannedJobKeys.count(key)) {
       return cx.at(&v, key, "is planned but not supported by this version");
     } else {
-      return cx.at(&v, key, "unknown field (allowed: name, description, timeout, queue, priority, params, steps)");
+      return cx.at(&v, key, "unknown field (allowed: name, description, timeout, queue, priority, retry, params, steps)");
     }
   }
 

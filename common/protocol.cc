@@ -403,6 +403,12 @@ void put(BodyWriter& w, const Disconnect& m) {
 }
 void get(BodyReader& r, Disconnect& m) { r.str("reason", m.reason); }
 
+void put(BodyWriter& w, const Drain& m) {
+  w.begin(1);
+  w.field("reason", m.reason);
+}
+void get(BodyReader& r, Drain& m) { r.str("reason", m.reason); }
+
 void put(BodyWriter& w, const Refused& m) {
   w.begin(1);
   w.field("reason", m.reason);
@@ -486,6 +492,7 @@ std::string_view msg_type_name(MsgType t) {
     case MsgType::Started: return "STARTED";
     case MsgType::Finished: return "FINISHED";
     case MsgType::FinishedAck: return "FINISHED_ACK";
+    case MsgType::Drain: return "DRAIN";
     case MsgType::Cancel: return "CANCEL";
     case MsgType::Disconnect: return "DISCONNECT";
     case MsgType::Refused: return "REFUSED";
@@ -512,6 +519,7 @@ MsgType type_of(const Message& m) {
         else if constexpr (std::is_same_v<T, Refused>) return MsgType::Refused;
         else if constexpr (std::is_same_v<T, ApiRequest>) return MsgType::ApiRequest;
         else if constexpr (std::is_same_v<T, ApiReply>) return MsgType::ApiReply;
+        else if constexpr (std::is_same_v<T, Drain>) return MsgType::Drain;
         else return MsgType::Event;
       },
       m);
@@ -573,6 +581,7 @@ Decoded decode(const void* data, size_t size) {
     case static_cast<uint32_t>(MsgType::Cancel): return decode_body<Cancel>(body);
     case static_cast<uint32_t>(MsgType::Disconnect): return decode_body<Disconnect>(body);
     case static_cast<uint32_t>(MsgType::Refused): return decode_body<Refused>(body);
+    case static_cast<uint32_t>(MsgType::Drain): return decode_body<Drain>(body);
     case static_cast<uint32_t>(MsgType::ApiRequest): return decode_body<ApiRequest>(body);
     case static_cast<uint32_t>(MsgType::ApiReply): return decode_body<ApiReply>(body);
     case static_cast<uint32_t>(MsgType::Event): return decode_body<Event>(body);

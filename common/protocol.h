@@ -40,6 +40,7 @@ enum class MsgType : uint32_t {
   Disconnect = 8,
   Refused = 9,
   FinishedAck = 10,
+  Drain = 11,
   ApiRequest = 20,
   ApiReply = 21,
   Event = 30,
@@ -127,6 +128,13 @@ struct Disconnect {
   std::string reason;
 };
 
+// Either way: drain. master -> worker: take nothing new, finish what runs,
+// then DISCONNECT and exit. worker -> master: I am draining (it was told to
+// stop); assign me nothing more.
+struct Drain {
+  std::string reason;
+};
+
 // master -> peer: you are not admitted (version, name in use, not ready yet).
 struct Refused {
   std::string reason;
@@ -163,7 +171,7 @@ struct Event {
 };
 
 using Message = std::variant<Ready, Welcome, Heartbeat, Assign, Started, Finished, FinishedAck,
-                             Cancel, Disconnect, Refused, ApiRequest, ApiReply, Event>;
+                             Cancel, Disconnect, Refused, ApiRequest, ApiReply, Event, Drain>;
 
 MsgType type_of(const Message& m);
 

@@ -112,6 +112,7 @@ nlohmann::json Master::handle_api(const std::string& client, const proto::ApiReq
   if (op == "instance.show") return api_instance_show(a);
   if (op == "cancel") return api_cancel(a);
   if (op == "workers") return api_workers(a);
+  if (op == "worker.drain") return api_worker_drain(a);
   if (op == "stats") return api_stats(a);
   if (op == "ping") return api_ping(a);
   if (op == "queue.put") return api_queue_put(a);
@@ -216,6 +217,7 @@ nlohmann::json Master::api_job_rm(const nlohmann::json& args) {
 
 nlohmann::json Master::api_run(const nlohmann::json& args) {
   std::string name = need_string(args, "job");
+  if (shutdown_deadline_) throw ApiError{"the master is stopping; nothing new is accepted"};
   auto it = jobs_.find(name);
   if (it == jobs_.end()) throw ApiError{"no job named '" + name + "'"};
   std::map<std::string, std::string> given;
@@ -310,7 +312,17 @@ nlohmann::json Master::api_cancel(const nlohmann::json& args) {
   if (is_terminal(inst.state)) throw ApiError{"instance " + std::to_string(id) + " already ended (" +
                                               std::string(state_name(inst.state)) + ")"};
   if (inst.state == InstanceState::Queued) {
-    if (auto s = sched_.cancel_waiting(id); !s.ok()) throw ApiError{s.error().message};
+    if (inst.retry_at) {  // waiting out a retry backoff, not in its queue yet
+      auto [b, e] = retries_.equal_range(*inst.retry_at);
+      for (auto r = b; r != e; ++r)
+        if (r->second == id) {
+          retries_.erase(r);
+          break;
+        }
+      inst.retry_at.reset();
+    } else if (auto s = sched_.cancel_waiting(id); !s.ok()) {
+      throw ApiError{s.error().message};
+    }
     transition(inst, InstanceEvent::Cancel);
     notify_waiters(inst);
     return {{"instance", id}, {"state", "cancelled"}};
@@ -336,6 +348,18 @@ nlohmann::json Master::api_workers(const nlohmann::json&) {
                    {"last_seen_ms", std::chrono::duration_cast<std::chrono::milliseconds>(now - m.last_seen).count()}});
   }
   return {{"workers", out}};
+}
+
+nlohmann::json Master::api_worker_drain(const nlohmann::json& args) {
+  std::string name = need_string(args, "name");
+  auto it = members_.find(name);
+  if (it == members_.end() || !is_present(it->second.state)) throw ApiError{"no member named '" + name + "' is connected"};
+  Member& m = it->second;
+  if (m.state == MemberState::Draining) return {{"member", name}, {"state", "draining"}, {"in_flight", m.in_flight.size()}};
+  if (auto s = sched_.member_joined(m.name, m.local, 0); !s.ok()) throw ApiError{s.error().message};
+  member_event(m, MemberEvent::Drain);
+  send_to(m, proto::Drain{"drain requested by an operator"});
+  return {{"member", name}, {"state", "draining"}, {"in_flight", m.in_flight.size()}};
 }
 
 nlohmann::json Master::api_stats(const nlohmann::json&) {
@@ -462,9 +486,8 @@ bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::j
     auto it = instances_.find(id);
     if (it == instances_.end()) throw ApiError{"no instance " + std::to_string(id)};
     w.ids.push_back(id);
-    bool final_state = is_terminal(it->second.state) &&
-                       !(it->second.state == InstanceState::Lost && it->second.attempt < opt_.max_attempts);
-    if (!final_state) ++w.remaining;
+    // Retries move an instance back to queued at once, so an ended state is final.
+    if (!is_terminal(it->second.state)) ++w.remaining;
   }
   if (w.remaining == 0) {
     out["done"] = true;

@@ -65,12 +65,12 @@ std::optional<InstanceState> next_state(InstanceState s, InstanceEvent e) {
       return ending(e);  // a short instance may finish before STARTED is processed
     case S::Running: return ending(e);
     case S::Lost:
+    case S::Failed:
+    case S::TimedOut:
       if (e == E::Requeue) return S::Queued;
       return std::nullopt;
     case S::Succeeded:
-    case S::Failed:
-    case S::Cancelled:
-    case S::TimedOut: return std::nullopt;
+    case S::Cancelled: return std::nullopt;
   }
   return std::nullopt;
 }

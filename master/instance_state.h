@@ -2,6 +2,7 @@
 // is the one place where its transitions are defined.
 //   queued -> assigned -> running -> succeeded | failed | cancelled | timed_out
 //   assigned | running -> lost -> (re-queued as a new attempt) queued
+//   failed | timed_out -> queued as a new attempt, when the job's retry policy says so
 #pragma once
 
 #include <optional>
@@ -19,13 +20,14 @@ enum class InstanceEvent {
   TimeOut,   // FINISHED timed_out
   Cancel,    // removed while queued, or FINISHED cancelled
   Lose,      // its member vanished
-  Requeue,   // a lost instance is retried as a new attempt
+  Requeue,   // a lost, failed or timed-out instance is retried as a new attempt
 };
 
 std::string_view state_name(InstanceState s);
 std::optional<InstanceState> parse_state(std::string_view name);
 std::string_view instance_event_name(InstanceEvent e);
-// Terminal for this attempt. Lost is terminal unless the instance is re-queued.
+// Terminal for this attempt; lost, failed and timed_out may still be
+// followed by Requeue, at once, when the retry policy allows.
 bool is_terminal(InstanceState s);
 std::optional<InstanceState> next_state(InstanceState s, InstanceEvent e);
 

@@ -51,6 +51,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-attempts", opt.max_attempts, "attempts of an instance whose member is lost")
       ->capture_default_str()
       ->check(CLI::Range(1u, 100u));
+  std::string shutdown_grace = "10s";
+  app.add_option("--shutdown-grace", shutdown_grace, "on SIGTERM, how long to wait for instances in flight")
+      ->capture_default_str();
   app.add_flag("--insecure", opt.insecure, "allow binding non-loopback addresses without keys");
   app.add_flag("-v,--verbose", verbose, "debug logging");
   CLI11_PARSE(app, argc, argv);
@@ -64,6 +67,12 @@ int main(int argc, char** argv) {
     return 64;
   }
   opt.heartbeat = *hb;
+  auto grace = zf::parse_duration(shutdown_grace);
+  if (!grace.ok()) {
+    std::fprintf(stderr, "zforce-master: --shutdown-grace: %s\n", grace.error().message.c_str());
+    return 64;
+  }
+  opt.shutdown_grace = *grace;
   for (const auto* ep : {&opt.workers, &opt.api, &opt.events}) {
     if (!is_loopback_endpoint(*ep)) {
       if (!opt.insecure) {

@@ -193,17 +193,50 @@ void Master::release_member_instances(Member& m) {
 // while attempts remain it goes to the front of its queue as a new attempt.
 void Master::lose(Instance& inst) {
   transition(inst, InstanceEvent::Lose);
-  if (inst.cancel_requested || inst.attempt >= opt_.max_attempts) {
+  retry_or_finish(inst, InstanceState::Lost);
+}
+
+bool Master::retry_or_finish(Instance& inst, InstanceState outcome) {
+  const RetryPolicy& p = inst.retry;
+  uint32_t attempts = p.attempts ? p.attempts : opt_.max_attempts;
+  bool wanted = (outcome == InstanceState::Lost && p.on_lost) || (outcome == InstanceState::Failed && p.on_failed) ||
+                (outcome == InstanceState::TimedOut && p.on_timed_out);
+  if (!wanted || inst.cancel_requested || inst.attempt >= attempts || shutdown_deadline_) {
     notify_waiters(inst);
-    return;
+    return false;
   }
   inst.attempt += 1;
   transition(inst, InstanceEvent::Requeue);
-  if (auto s = sched_.submit(inst.id, inst.queue, inst.priority, /*front=*/true); !s.ok()) {
-    log::error("instance " + std::to_string(inst.id) + " cannot be re-queued: " + s.error().message);
-    return;
+  // A lost instance was not at fault: it goes first, at once. A failed one
+  // waits out its backoff (doubling per attempt, capped), then queues last.
+  Millis delay{0};
+  if (outcome != InstanceState::Lost && p.backoff.count() > 0) {
+    delay = p.backoff;
+    for (uint32_t a = 2; a < inst.attempt && delay < p.max_backoff; ++a) delay *= 2;
+    delay = std::min(delay, p.max_backoff);
   }
+  if (delay.count() > 0) {
+    inst.retry_at = Clock::now() + delay;
+    retries_.emplace(*inst.retry_at, inst.id);
+    return true;
+  }
+  if (auto s = sched_.submit(inst.id, inst.queue, inst.priority, outcome == InstanceState::Lost); !s.ok())
+    log::error("instance " + std::to_string(inst.id) + " cannot be re-queued: " + s.error().message);
   dispatch_needed_ = true;
+  return true;
+}
+
+void Master::release_due_retries(Clock::time_point now) {
+  while (!retries_.empty() && retries_.begin()->first <= now) {
+    uint64_t id = retries_.begin()->second;
+    retries_.erase(retries_.begin());
+    auto it = instances_.find(id);
+    if (it == instances_.end() || it->second.state != InstanceState::Queued || !it->second.retry_at) continue;
+    it->second.retry_at.reset();
+    if (auto s = sched_.submit(id, it->second.queue, it->second.priority); !s.ok())
+      log::error("instance " + std::to_string(id) + " cannot be re-queued: " + s.error().message);
+    dispatch_needed_ = true;
+  }
 }
 
 void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto::Ready& r, Clock::time_point now) {
@@ -246,6 +279,8 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
     }
   }
   member_event(m, MemberEvent::Ready);
+  if (m.state == MemberState::Draining)  // a draining member that re-registers stays drained
+    if (auto s = sched_.member_joined(m.name, m.local, 0); !s.ok()) log::error(s.error().message);
   send_to(m, proto::Welcome{static_cast<uint32_t>(opt_.heartbeat.count()), opt_.liveness});
   // Instances it still runs that are not (or no longer) its own are stopped there.
   for (const auto& ri : r.running) {
@@ -278,6 +313,11 @@ void Master::on_worker_message(zmq::socket_t& s, bool local, const std::string& 
   if (const auto* st = std::get_if<proto::Started>(&msg)) return on_started(m, *st);
   if (const auto* f = std::get_if<proto::Finished>(&msg)) return on_finished(m, *f);
   if (std::holds_alternative<proto::Disconnect>(msg)) return member_event(m, MemberEvent::Disconnect);
+  if (std::holds_alternative<proto::Drain>(msg)) {
+    member_event(m, MemberEvent::Drain);
+    if (auto s = sched_.member_joined(m.name, m.local, 0); !s.ok()) log::error(s.error().message);
+    return;
+  }
   ++counters_.unexpected_messages;
   log::warn("member '" + m.name + "' sent unexpected " + std::string(proto::msg_type_name(proto::type_of(msg))));
 }
@@ -326,6 +366,7 @@ uint64_t Master::create_instance(const Job& job, std::map<std::string, std::stri
   inst.job = job.name;
   inst.queue = queue_of(job);
   inst.priority = job.priority;
+  inst.retry = job.retry;
   inst.params = std::move(params);
   inst.steps = std::move(steps);
   inst.timeout_ms = job.timeout ? static_cast<uint64_t>(job.timeout->count()) : 0;
@@ -416,11 +457,12 @@ void Master::on_finished(Member& m, const proto::Finished& f) {
   else if (f.status == "cancelled") e = InstanceEvent::Cancel, why = QueueScheduler::EndReason::kCancelled;
   end_in_flight(inst, why);
   transition(inst, e, f.exit_code);
-  notify_waiters(inst);
+  retry_or_finish(inst, inst.state);
 }
 
 void Master::dispatch() {
   dispatch_needed_ = false;
+  if (shutdown_deadline_) return;  // stopping: nothing new starts
   auto starts = sched_.dispatch(Clock::now());
   if (starts.empty()) return;
   // Every credit is recorded before anything is sent: a failed send loses
@@ -510,7 +552,28 @@ Clock::time_point Master::next_wakeup(Clock::time_point now) const {
   }
   for (const auto& w : waiters_) t = std::min(t, w.deadline);
   if (auto d = sched_.next_deadline()) t = std::min(t, *d);
+  if (!retries_.empty()) t = std::min(t, retries_.begin()->first);
+  if (shutdown_deadline_) t = std::min(t, *shutdown_deadline_);
   return t;
+}
+
+size_t Master::in_flight_total() const {
+  size_t n = 0;
+  for (const auto& [id, m] : members_) n += m.in_flight.size();
+  return n;
+}
+
+// First SIGTERM: nothing new starts; instances in flight get up to
+// --shutdown-grace to report; the local slots drain.
+void Master::begin_shutdown(Clock::time_point now) {
+  shutdown_deadline_ = now + opt_.shutdown_grace;
+  log::info("stopping: waiting up to " + format_duration(opt_.shutdown_grace) + " for " +
+            std::to_string(in_flight_total()) + " instance(s) in flight (SIGTERM again to stop now)");
+  if (local_stop_fd_ >= 0) {
+    uint64_t one = 1;
+    ssize_t n = ::write(local_stop_fd_, &one, sizeof one);
+    (void)n;
+  }
 }
 
 void Master::shut_down() {
@@ -530,7 +593,7 @@ int Master::run() {
   }
   start_local_worker();
   std::vector<zmq::pollitem_t> items;
-  while (!stopping_) {
+  while (true) {
     auto now = Clock::now();
     items.clear();
     items.push_back({workers_->handle(), 0, ZMQ_POLLIN, 0});
@@ -541,12 +604,20 @@ int Master::run() {
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
     if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
     zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
-    if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) break;
+    if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) {
+      char buf[128];
+      ssize_t n = ::read(opt_.stop_fd, buf, sizeof buf);
+      (void)n;
+      if (shutdown_deadline_) break;
+      begin_shutdown(Clock::now());
+    }
     if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
     if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
     if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
     auto after = Clock::now();
     on_timer(after);
+    release_due_retries(after);
+    if (shutdown_deadline_ && (in_flight_total() == 0 || after >= *shutdown_deadline_)) break;
     if (auto d = sched_.next_deadline(); d && *d <= after) dispatch_needed_ = true;
     if (dispatch_needed_) dispatch();
   }

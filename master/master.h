@@ -42,6 +42,8 @@ struct MasterOptions {
   uint32_t liveness = 4;
   // Attempts an instance gets when its member is lost (1 = never retried).
   uint32_t max_attempts = 3;
+  // On SIGTERM: how long to wait for instances in flight to report.
+  Millis shutdown_grace{10000};
   bool insecure = false;
   int stop_fd = -1;  // readable when the master must stop
 };
@@ -89,6 +91,8 @@ struct Instance {
   std::string error;
   std::string output;
   bool cancel_requested = false;
+  RetryPolicy retry;
+  std::optional<Clock::time_point> retry_at;  // queued, waiting out its backoff
   std::vector<Transition> history;
 };
 
@@ -148,6 +152,12 @@ class Master {
   void on_finished(Member& m, const proto::Finished& f);
   void end_in_flight(Instance& inst, QueueScheduler::EndReason why);
   void lose(Instance& inst);
+  // After an attempt ended as `outcome`: a new attempt if the policy allows
+  // (true), otherwise the end is final and waiters are told (false).
+  bool retry_or_finish(Instance& inst, InstanceState outcome);
+  void release_due_retries(Clock::time_point now);
+  void begin_shutdown(Clock::time_point now);
+  size_t in_flight_total() const;
   void dispatch();
   void notify_waiters(const Instance& inst);
 
@@ -162,6 +172,7 @@ class Master {
   nlohmann::json api_instance_show(const nlohmann::json& args);
   nlohmann::json api_cancel(const nlohmann::json& args);
   nlohmann::json api_workers(const nlohmann::json& args);
+  nlohmann::json api_worker_drain(const nlohmann::json& args);
   nlohmann::json api_stats(const nlohmann::json& args);
   nlohmann::json api_ping(const nlohmann::json& args);
   nlohmann::json api_queue_put(const nlohmann::json& args);
@@ -192,12 +203,13 @@ class Master {
   std::map<std::string, QueueConfig> queues_;
   QueueScheduler sched_;
   uint64_t next_instance_id_ = 1;
+  std::multimap<Clock::time_point, uint64_t> retries_;  // backoff timers
   std::list<Waiter> waiters_;
   std::unordered_multimap<uint64_t, std::list<Waiter>::iterator> waiters_by_instance_;
   Counters counters_;
   log::RateLimit bad_traffic_log_{10, std::chrono::seconds(10)};
   bool dispatch_needed_ = false;
-  bool stopping_ = false;
+  std::optional<Clock::time_point> shutdown_deadline_;  // set on the first SIGTERM
 };
 
 }  // namespace zf

@@ -141,3 +141,55 @@ TEST_CASE("durations parse with units and refuse the rest") {
   CHECK_FALSE(parse_duration("99999999999999999999s").ok());
   CHECK(format_duration(Millis(90500)) == "1m30s500ms");
 }
+
+TEST_CASE("a retry policy loads, and bad ones are refused") {
+  auto j = parse_job("name = \"r\"\n[retry]\nattempts = 4\nbackoff = \"1s\"\nmax_backoff = \"5s\"\n"
+                     "on = [\"failed\", \"timed_out\"]\n[[steps]]\nrun = [\"true\"]\n",
+                     "r.toml");
+  REQUIRE_MESSAGE(j.ok(), j.error().message);
+  CHECK(j->retry.attempts == 4);
+  CHECK(j->retry.backoff == Millis(1000));
+  CHECK(j->retry.max_backoff == Millis(5000));
+  CHECK(j->retry.on_failed);
+  CHECK(j->retry.on_timed_out);
+  CHECK_FALSE(j->retry.on_lost);
+  auto d = parse_job("name = \"d\"\n[[steps]]\nrun = [\"true\"]\n", "d.toml");
+  REQUIRE(d.ok());
+  CHECK(d->retry.on_lost);  // by default only lost instances run again
+  CHECK_FALSE(d->retry.on_failed);
+  CHECK(error_of("name = \"x\"\n[retry]\nattempts = 0\n[[steps]]\nrun = [\"true\"]\n")
+            .find("field 'retry.attempts': must be between 1 and 100") != std::string::npos);
+  CHECK(error_of("name = \"x\"\n[retry]\non = [\"crashed\"]\n[[steps]]\nrun = [\"true\"]\n")
+            .find("field 'retry.on[0]': unknown outcome 'crashed'") != std::string::npos);
+  CHECK(error_of("name = \"x\"\n[retry]\ntimes = 2\n[[steps]]\nrun = [\"true\"]\n")
+            .find("field 'retry.times': unknown field") != std::string::npos);
+}
+
+TEST_CASE("queues in job files: a shared queue by name, a local [queue] table, priority") {
+  auto shared = parse_job("name = \"a\"\nqueue = \"render\"\npriority = 5\n[[steps]]\nrun = [\"true\"]\n", "a.toml");
+  REQUIRE(shared.ok());
+  CHECK(queue_of(*shared) == "render");
+  CHECK(shared->priority == 5);
+  auto local = parse_job("name = \"b\"\n[queue]\nmax_parallel = 2\nmin_delay = \"1s\"\nrun_on = \"workers\"\n"
+                         "fallback = \"master\"\n[[steps]]\nrun = [\"true\"]\n",
+                         "b.toml");
+  REQUIRE_MESSAGE(local.ok(), local.error().message);
+  CHECK(queue_of(*local) == "job:b");
+  CHECK(local->local_queue->max_parallel == 2);
+  CHECK(local->local_queue->min_delay == Millis(1000));
+  CHECK(local->local_queue->fallback == RunOn::kMaster);
+  auto none = parse_job("name = \"c\"\n[[steps]]\nrun = [\"true\"]\n", "c.toml");
+  REQUIRE(none.ok());
+  CHECK(queue_of(*none) == "default");
+  CHECK(error_of("name = \"x\"\n[queue]\nrun_on = \"gpu\"\n[[steps]]\nrun = [\"true\"]\n")
+            .find("field 'queue.run_on': expected \"any\", \"master\" or \"workers\"") != std::string::npos);
+  CHECK(error_of("name = \"x\"\n[queue]\nrun_on = \"any\"\nfallback = \"master\"\n[[steps]]\nrun = [\"true\"]\n")
+            .find("fallback has no effect") != std::string::npos);
+  auto q = parse_queue("name = \"render\"\nmax_parallel = 3\nmax_total = 5\n", "render.toml");
+  REQUIRE(q.ok());
+  CHECK(q->max_total == 5);
+  auto bad = parse_queue("name = \"r\"\nmax_paralel = 3\n", "r.toml");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message == "r.toml:2:15: field 'max_paralel': unknown field (allowed: max_parallel, max_total, "
+                               "min_delay, run_on, fallback)");
+}

@@ -145,6 +145,8 @@ TEST_CASE("every message round-trips and matches its schema") {
   CHECK(std::get<Cancel>(round_trip(Cancel{9, 2})).attempt == 2);
   check_against_schema(Disconnect{"bye"}, "disconnect");
   check_against_schema(Refused{"no"}, "refused");
+  check_against_schema(Drain{"stop"}, "drain");
+  CHECK(std::get<Drain>(round_trip(Drain{"stop"})).reason == "stop");
   CHECK(std::get<Refused>(round_trip(Refused{"no"})).reason == "no");
 
   ApiRequest q{42, "run", {{"job", "x"}, {"count", 3}, {"params", {{"a", "b"}}}}};
@@ -186,7 +188,7 @@ TEST_CASE("every message type has a schema file and the numbers agree") {
       {"assign", MsgType::Assign},       {"started", MsgType::Started},   {"finished", MsgType::Finished},
       {"finished_ack", MsgType::FinishedAck}, {"cancel", MsgType::Cancel}, {"disconnect", MsgType::Disconnect},
       {"refused", MsgType::Refused},     {"api_request", MsgType::ApiRequest}, {"api_reply", MsgType::ApiReply},
-      {"event", MsgType::Event}};
+      {"event", MsgType::Event},         {"drain", MsgType::Drain}};
   for (const auto& [name, type] : files) CHECK(load_schema(name)["x-zforce-type"] == static_cast<uint32_t>(type));
 }
 

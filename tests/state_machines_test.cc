@@ -28,11 +28,17 @@ TEST_CASE("an instance goes queued, assigned, running, then one final state") {
   CHECK_FALSE(next_state(S::Queued, E::Lose));
   CHECK_FALSE(next_state(S::Running, E::Dispatch));
   CHECK_FALSE(next_state(S::Running, E::Start));
-  for (auto s : {S::Succeeded, S::Failed, S::Cancelled, S::TimedOut}) {
+  for (auto s : {S::Succeeded, S::Failed, S::Cancelled, S::TimedOut, S::Lost}) {
     CHECK(is_terminal(s));
-    for (auto e : {E::Dispatch, E::Start, E::Succeed, E::Fail, E::TimeOut, E::Cancel, E::Lose, E::Requeue})
+    for (auto e : {E::Dispatch, E::Start, E::Succeed, E::Fail, E::TimeOut, E::Cancel, E::Lose})
       CHECK_FALSE(next_state(s, e));
   }
+  // Retries: only outcomes a retry policy can name go back to queued.
+  CHECK(next_state(S::Failed, E::Requeue) == S::Queued);
+  CHECK(next_state(S::TimedOut, E::Requeue) == S::Queued);
+  CHECK_FALSE(next_state(S::Succeeded, E::Requeue));
+  CHECK_FALSE(next_state(S::Cancelled, E::Requeue));
+  CHECK_FALSE(next_state(S::Queued, E::Requeue));
   CHECK(is_terminal(S::Lost));
   CHECK_FALSE(is_terminal(S::Running));
   for (auto s : {S::Queued, S::Assigned, S::Running, S::Succeeded, S::Failed, S::Cancelled, S::TimedOut, S::Lost})

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cstring>
+
 #include "common/log.h"
 #include "common/zmq_util.h"
 
@@ -76,6 +78,8 @@ void Worker::on_assign(proto::Assign a, Clock::time_point now) {
     send(unacked_[id]);  // the master missed our result: repeat it
     return;
   }
+  if (draining_)
+    log::warn("ASSIGN for instance " + std::to_string(id) + " while draining (sent before the master knew); running it");
   if (running_.size() >= opt_.slots)
     log::warn("ASSIGN for instance " + std::to_string(id) + " beyond our " + std::to_string(opt_.slots) +
               " slots; running it anyway, the master's accounting is off");
@@ -94,8 +98,10 @@ void Worker::handle_message(proto::Message& m, Clock::time_point now) {
     bool first = state_ != LinkState::Connected;
     apply(LinkEvent::Welcome);
     backoff_ = opt_.backoff_min;
-    if (first)
+    if (first) {
+      if (draining_) send(proto::Drain{"worker is draining"});
       for (const auto& [id, f] : unacked_) send(f);
+    }
   } else if (std::holds_alternative<proto::Heartbeat>(m)) {
     // last_recv_ already refreshed
   } else if (auto* a = std::get_if<proto::Assign>(&m)) {
@@ -110,6 +116,8 @@ void Worker::handle_message(proto::Message& m, Clock::time_point now) {
   } else if (const auto* ack = std::get_if<proto::FinishedAck>(&m)) {
     auto it = unacked_.find(ack->instance);
     if (it != unacked_.end() && it->second.attempt == ack->attempt) unacked_.erase(it);
+  } else if (const auto* dr = std::get_if<proto::Drain>(&m)) {
+    begin_drain("the master asked: " + dr->reason);
   } else if (const auto* d = std::get_if<proto::Disconnect>(&m)) {
     log::info("master says disconnect: " + d->reason);
     drop_socket();
@@ -173,6 +181,17 @@ Clock::time_point Worker::next_wakeup(Clock::time_point now) const {
   return t;
 }
 
+void Worker::begin_drain(const std::string& why) {
+  if (draining_) return;
+  draining_ = true;
+  log::info("draining (" + why + "): " + std::to_string(running_.size()) +
+            " instance(s) still running; nothing new is taken");
+  if (state_ == LinkState::Connected) send(proto::Drain{why});
+}
+
+// Drained: nothing runs and every result has been acknowledged.
+bool Worker::drained() const { return draining_ && running_.empty() && unacked_.empty(); }
+
 void Worker::shut_down(Clock::time_point now) {
   // Instances still running are stopped; the master sees us leave and runs
   // them elsewhere. Their results are not reported: they did not finish.
@@ -187,6 +206,7 @@ void Worker::shut_down(Clock::time_point now) {
     std::erase_if(running_, [](const auto& kv) { return kv.second->done(); });
   }
   running_.clear();  // destructors kill and reap whatever is left
+  if (socket_) socket_->set(zmq::sockopt::linger, 1000);
   send(proto::Disconnect{"worker stopping"});
 }
 
@@ -214,10 +234,19 @@ int Worker::run() {
     now = Clock::now();
 
     if (opt_.stop_fd >= 0 && (items[first_fd].revents & ZMQ_POLLIN)) {
-      log::info("stop requested");
-      apply(LinkEvent::Stop);
-      shut_down(now);
-      return 0;
+      // One read consumes one request, from a signalfd or an eventfd alike.
+      char buf[128];
+      ssize_t n = ::read(opt_.stop_fd, buf, sizeof buf);
+      uint64_t requests = 1;
+      if (n == 8) std::memcpy(&requests, buf, 8);  // an eventfd counts requests made meanwhile
+      if (!draining_ && requests == 1) {
+        begin_drain("stop requested");
+      } else {
+        log::info("second stop request: stopping now");
+        apply(LinkEvent::Stop);
+        shut_down(now);
+        return 0;
+      }
     }
     if (socket_ && (items[0].revents & ZMQ_POLLIN)) {
       // Bounded batch per turn so executions are never starved.
@@ -242,6 +271,13 @@ int Worker::run() {
     }
     for (auto& [id, ex] : running_) ex->advance(now);
     reap_finished();
+    if (drained()) {
+      log::info("drained: leaving");
+      if (socket_) socket_->set(zmq::sockopt::linger, 1000);  // let DISCONNECT go out
+      send(proto::Disconnect{"drained"});
+      apply(LinkEvent::Stop);
+      return 0;
+    }
     check_liveness(now);
   }
 }

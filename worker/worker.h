@@ -24,6 +24,8 @@ struct WorkerOptions {
   uint32_t slots = 1;
   std::vector<std::string> tags;
   // Readable when the worker must stop (signalfd or eventfd); -1 = none.
+  // The first stop request drains (nothing new is taken, what runs finishes
+  // and is reported, then the worker leaves); a second one stops at once.
   int stop_fd = -1;
   ExecutionConfig exec;
   // Until the master says otherwise in WELCOME.
@@ -52,6 +54,8 @@ class Worker {
   void check_liveness(Clock::time_point now);
   Clock::time_point next_wakeup(Clock::time_point now) const;
   void shut_down(Clock::time_point now);
+  void begin_drain(const std::string& why);
+  bool drained() const;
 
   zmq::context_t& ctx_;
   WorkerOptions opt_;
@@ -67,6 +71,7 @@ class Worker {
   // Results not yet acknowledged by the master, resent after a reconnect.
   std::map<uint64_t, proto::Finished> unacked_;
   uint64_t malformed_ = 0;
+  bool draining_ = false;
 };
 
 }  // namespace zf

@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 
 std::string bin(const char* env_name) {
   const char* v = std::getenv(env_name);
-  REQUIRE_MESSAGE(v != nullptr, env_name << " is not set (run through meson test)");
+  REQUIRE_MESSAGE(v != nullptr, std::string(env_name) << " is not set (run through meson test)");
   return v;
 }
 

@@ -100,6 +100,10 @@ int main(int argc, char** argv) {
   job_show->add_option("name", job_name)->required();
   auto* job_rm = job->add_subcommand("rm", "remove a job");
   job_rm->add_option("name", job_name)->required();
+  auto* job_enable = job->add_subcommand("enable", "let a job's triggers fire again");
+  job_enable->add_option("name", job_name)->required();
+  auto* job_disable = job->add_subcommand("disable", "stop a job's triggers (the job stays; manual runs work)");
+  job_disable->add_option("name", job_name)->required();
 
   auto* queue = app.add_subcommand("queue", "manage shared execution queues")->require_subcommand(1);
   std::vector<std::string> queue_files;
@@ -276,8 +280,24 @@ int main(int argc, char** argv) {
     auto r = call("job.show", {{"name", job_name}});
     if (!r.ok()) return fail(r.error());
     if (as_json) std::cout << dump(*r) << "\n";
-    else std::cout << "# " << (*r)["name"].get<std::string>() << " (from " << (*r)["source"].get<std::string>()
-                   << ")\n" << (*r)["text"].get<std::string>();
+    else {
+      std::cout << "# " << (*r)["name"].get<std::string>() << " (from " << (*r)["source"].get<std::string>()
+                << "), queue " << cell(*r, "queue") << ", " << ((*r)["enabled"].get<bool>() ? "enabled" : "disabled")
+                << "\n";
+      for (const auto& t : (*r)["triggers"])
+        std::cout << "# trigger " << cell(t, "index") << " (" << cell(t, "kind") << "): next "
+                  << (t.contains("next") ? cell(t, "next")
+                                         : (t["kind"] == "watch" ? "on a new file in " + cell(t, "watch") : "never"))
+                  << "\n";
+      std::cout << (*r)["text"].get<std::string>();
+    }
+    return 0;
+  }
+  if (job_enable->parsed() || job_disable->parsed()) {
+    auto r = call(job_enable->parsed() ? "job.enable" : "job.disable", {{"name", job_name}});
+    if (!r.ok()) return fail(r.error());
+    if (as_json) std::cout << dump(*r) << "\n";
+    else std::cout << job_name << (job_enable->parsed() ? " enabled" : " disabled") << "\n";
     return 0;
   }
   if (job_rm->parsed()) {

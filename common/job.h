@@ -12,6 +12,7 @@
 #include "common/duration.h"
 #include "common/protocol.h"
 #include "common/queue_config.h"
+#include "common/trigger.h"
 #include "common/result.h"
 
 namespace zf {
@@ -64,6 +65,7 @@ struct Job {
   std::optional<QueueConfig> local_queue;
   int priority = 0;  // higher first within its queue
   RetryPolicy retry;
+  std::vector<TriggerSpec> triggers;  // [[triggers]], by index
   std::string source_name;        // file the job came from (for messages)
   std::string source_text;        // the TOML as given, kept for `job show`
 };

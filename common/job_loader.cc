@@ -15,7 +15,7 @@ namespace {
 // Keys reserved for step kinds the format will grow (see schemas/job-format.md),
 // so that files written for a later version fail clearly rather than oddly.
 const std::set<std::string_view> kPlannedStepKinds = {"choose", "for_each", "try", "call"};
-const std::set<std::string_view> kPlannedJobKeys = {"triggers", "requires"};
+const std::set<std::string_view> kPlannedJobKeys = {"requires"};
 
 // Builds "file:line:col: field 'path': what" messages for one job file.
 class Context {
@@ -320,6 +320,10 @@ Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) 
       } else {
         return cx.at(&v, key, "expected a queue name or a [queue] table");
       }
+    } else if (key == "triggers") {
+      auto t = parse_triggers(v, source_name);
+      if (!t.ok()) return t.error();
+      job.triggers = std::move(*t);
     } else if (key == "retry") {
       const auto* rt = v.as_table();
       if (!rt) return cx.at(&v, key, "expected a [retry] table");
@@ -370,6 +374,21 @@ Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) 
     auto s = load_step(cx, *arr->get(i), i, job.params);
     if (!s.ok()) return s.error();
     job.steps.push_back(std::move(*s));
+  }
+  // Trigger parameters must be the job's own; a watch trigger passes `file`.
+  auto has_param = [&](std::string_view n) {
+    for (const auto& p : job.params)
+      if (p.name == n) return true;
+    return false;
+  };
+  const toml::node* tnode = root["triggers"].node();
+  for (size_t i = 0; i < job.triggers.size(); ++i) {
+    const toml::node* where = tnode && tnode->as_array() ? tnode->as_array()->get(i) : nullptr;
+    std::string field = "triggers[" + std::to_string(i) + "]";
+    for (const auto& [k, v] : job.triggers[i].params)
+      if (!has_param(k)) return cx.at(where, field + ".params." + k, "the job has no parameter '" + k + "'");
+    if (job.triggers[i].kind == TriggerSpec::Kind::Watch && !has_param(kFileParam))
+      return cx.at(where, field, "a watch trigger passes the file as parameter 'file': declare [params.file]");
   }
   return job;
 }

@@ -444,7 +444,7 @@ void get(BodyReader& r, ApiReply& m) {
 
 void put(BodyWriter& w, const Event& m) {
   uint32_t n = 3 + !!m.instance + !!m.job + !!m.queue + !!m.member + !!m.attempt + !!m.exit_code +
-               !!m.slot + !!m.detail;
+               !!m.slot + !!m.trigger + !!m.detail;
   w.begin(n);
   w.field("seq", m.seq);
   w.field("ts_us", m.ts_us);
@@ -456,6 +456,7 @@ void put(BodyWriter& w, const Event& m) {
   if (m.attempt) w.field("attempt", *m.attempt);
   if (m.exit_code) w.field("exit_code", *m.exit_code);
   if (m.slot) w.field("slot", *m.slot);
+  if (m.trigger) w.field("trigger", *m.trigger);
   if (m.detail) w.field("detail", *m.detail);
 }
 void get(BodyReader& r, Event& m) {
@@ -469,6 +470,7 @@ void get(BodyReader& r, Event& m) {
   r.opt_num("attempt", m.attempt);
   r.opt_num("exit_code", m.exit_code);
   r.opt_num("slot", m.slot);
+  r.opt_num("trigger", m.trigger);
   r.opt_str("detail", m.detail);
 }
 
@@ -602,6 +604,7 @@ nlohmann::json event_to_json(const Event& e) {
   if (e.attempt) j["attempt"] = *e.attempt;
   if (e.exit_code) j["exit_code"] = *e.exit_code;
   if (e.slot) j["slot"] = *e.slot;
+  if (e.trigger) j["trigger"] = *e.trigger;
   if (e.detail) j["detail"] = *e.detail;
   return j;
 }

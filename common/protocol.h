@@ -167,6 +167,7 @@ struct Event {
   std::optional<uint32_t> attempt;
   std::optional<int32_t> exit_code;
   std::optional<int32_t> slot;
+  std::optional<uint32_t> trigger;  // trigger.fired: index in the job's [[triggers]]
   std::optional<std::string> detail;
 };
 

@@ -33,7 +33,7 @@ inline constexpr std::size_t kMaxTriggerParams = 64;
 inline constexpr std::size_t kMaxTriggerParamValueBytes = 64 * 1024;
 // An interval shorter than this would create instances faster than any
 // operator wants; longer than this, the arithmetic stays far from overflow.
-inline constexpr Millis kMinEvery = std::chrono::seconds(1);
+inline constexpr Millis kMinEvery = std::chrono::milliseconds(100);
 inline constexpr Millis kMaxEvery = std::chrono::hours(24 * 3650);
 inline constexpr Millis kMinPoll = std::chrono::milliseconds(100);
 inline constexpr Millis kDefaultPoll = std::chrono::seconds(5);

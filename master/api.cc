@@ -113,6 +113,8 @@ nlohmann::json Master::handle_api(const std::string& client, const proto::ApiReq
   if (op == "cancel") return api_cancel(a);
   if (op == "workers") return api_workers(a);
   if (op == "worker.drain") return api_worker_drain(a);
+  if (op == "job.enable") return api_job_enable(a, true);
+  if (op == "job.disable") return api_job_enable(a, false);
   if (op == "stats") return api_stats(a);
   if (op == "ping") return api_ping(a);
   if (op == "queue.put") return api_queue_put(a);
@@ -164,6 +166,7 @@ nlohmann::json Master::api_job_put(const nlohmann::json& args) {
     ev.job = j.name;
     std::string name = j.name;
     jobs_[name] = std::move(j);
+    apply_job_triggers(jobs_[name]);
     events_->publish(std::move(ev));
   }
   return out;
@@ -193,7 +196,18 @@ nlohmann::json Master::api_job_show(const nlohmann::json& args) {
   for (const auto& s : j.steps) steps.push_back(step_json(s));
   nlohmann::json out = {{"name", j.name},     {"description", j.description}, {"params", params},
                         {"steps", steps},     {"source", j.source_name},       {"text", j.source_text},
-                        {"queue", queue_of(j)}, {"priority", j.priority}};
+                        {"queue", queue_of(j)}, {"priority", j.priority},
+                        {"enabled", !disabled_jobs_.count(j.name)}};
+  nlohmann::json triggers = nlohmann::json::array();
+  auto next = triggers_.next_fire_times(j.name);
+  for (size_t i = 0; i < j.triggers.size(); ++i) {
+    const auto& t = j.triggers[i];
+    nlohmann::json tj = {{"index", i}, {"kind", kind_name(t.kind)}};
+    if (t.kind == TriggerSpec::Kind::Watch) tj["watch"] = t.watch, tj["pattern"] = t.pattern;
+    if (i < next.size() && next[i]) tj["next"] = format_rfc3339(*next[i]);
+    triggers.push_back(tj);
+  }
+  out["triggers"] = triggers;
   if (j.timeout) out["timeout"] = format_duration(*j.timeout);
   return out;
 }
@@ -207,6 +221,7 @@ nlohmann::json Master::api_job_rm(const nlohmann::json& args) {
     queues_.erase(it->second.local_queue->name);
     publish_queue_updated(it->second.local_queue->name, "removed");
   }
+  forget_job_triggers(name);
   jobs_.erase(it);
   proto::Event ev;
   ev.type = "job.removed";
@@ -350,6 +365,28 @@ nlohmann::json Master::api_workers(const nlohmann::json&) {
   return {{"workers", out}};
 }
 
+nlohmann::json Master::api_job_enable(const nlohmann::json& args, bool enable) {
+  std::string name = need_string(args, "name");
+  auto it = jobs_.find(name);
+  if (it == jobs_.end()) throw ApiError{"no job named '" + name + "'"};
+  auto now = std::chrono::system_clock::now();
+  if (enable) {
+    disabled_jobs_.erase(name);
+    triggers_.enable(name, now);
+    for (size_t i = 0; i < it->second.triggers.size(); ++i)
+      if (it->second.triggers[i].kind == TriggerSpec::Kind::Watch) watcher_->add(name, i, it->second.triggers[i]);
+  } else {
+    disabled_jobs_.insert(name);
+    triggers_.disable(name);
+    watcher_->remove_job(name);
+  }
+  proto::Event ev;
+  ev.type = enable ? "job.enabled" : "job.disabled";
+  ev.job = name;
+  events_->publish(std::move(ev));
+  return {{"job", name}, {"enabled", enable}};
+}
+
 nlohmann::json Master::api_worker_drain(const nlohmann::json& args) {
   std::string name = need_string(args, "name");
   auto it = members_.find(name);
@@ -372,6 +409,8 @@ nlohmann::json Master::api_stats(const nlohmann::json&) {
           {"late_results", counters_.late_results},
           {"api_requests", counters_.api_requests},
           {"dispatched", counters_.dispatched},
+          {"trigger_fired", counters_.trigger_fired},
+          {"trigger_failed", counters_.trigger_failed},
           {"events_published", events_->last_seq()},
           {"waiting", by_state.value("queued", 0)},
           {"instances", by_state},

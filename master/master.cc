@@ -554,7 +554,74 @@ Clock::time_point Master::next_wakeup(Clock::time_point now) const {
   if (auto d = sched_.next_deadline()) t = std::min(t, *d);
   if (!retries_.empty()) t = std::min(t, retries_.begin()->first);
   if (shutdown_deadline_) t = std::min(t, *shutdown_deadline_);
+  if (auto d = triggers_.next_deadline()) {
+    // Trigger times are wall-clock; the loop sleeps on the steady clock.
+    auto until = *d - std::chrono::system_clock::now();
+    t = std::min(t, now + std::chrono::duration_cast<Clock::duration>(std::max(until, decltype(until)::zero())));
+  }
   return t;
+}
+
+// ---- triggers ----------------------------------------------------------------
+
+void Master::apply_job_triggers(const Job& job) {
+  triggers_.set_job(job.name, job.triggers, std::chrono::system_clock::now());
+  watcher_->remove_job(job.name);
+  if (disabled_jobs_.count(job.name)) return;
+  for (size_t i = 0; i < job.triggers.size(); ++i)
+    if (job.triggers[i].kind == TriggerSpec::Kind::Watch) watcher_->add(job.name, i, job.triggers[i]);
+}
+
+void Master::forget_job_triggers(const std::string& job) {
+  triggers_.remove_job(job);
+  watcher_->remove_job(job);
+  disabled_jobs_.erase(job);
+}
+
+void Master::fire_due_triggers() {
+  for (auto& f : triggers_.due(std::chrono::system_clock::now()))
+    fire(f.job, f.trigger, f.params, f.catch_up ? "catch-up for missed firings" : "timer");
+}
+
+void Master::take_file_events() {
+  for (auto& e : watcher_->take()) {
+    if (e.kind == FileEvent::Kind::Error) {
+      uint64_t suppressed = 0;
+      if (bad_traffic_log_.allow(Clock::now(), suppressed))
+        log::warn("job '" + e.job + "' trigger " + std::to_string(e.trigger) + ": " + e.message);
+      continue;
+    }
+    if (e.kind != FileEvent::Kind::File || disabled_jobs_.count(e.job) || shutdown_deadline_) continue;
+    auto it = jobs_.find(e.job);
+    if (it == jobs_.end() || e.trigger >= it->second.triggers.size()) continue;
+    auto params = it->second.triggers[e.trigger].params;
+    params[std::string(kFileParam)] = e.path;
+    fire(e.job, e.trigger, params, e.path);
+  }
+}
+
+// A trigger fired: one instance of the job, with the trigger's parameters.
+void Master::fire(const std::string& job, size_t trigger, const std::map<std::string, std::string>& params,
+                  const std::string& what) {
+  auto it = jobs_.find(job);
+  if (it == jobs_.end()) return;
+  auto resolved = resolve_instance(it->second, params);
+  if (!resolved.ok()) {
+    ++counters_.trigger_failed;
+    log::warn("job '" + job + "' trigger " + std::to_string(trigger) + " could not create an instance: " +
+              resolved.error().message);
+    return;
+  }
+  auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
+  uint64_t id = create_instance(it->second, std::move(resolved->params), std::move(steps));
+  ++counters_.trigger_fired;
+  proto::Event ev;
+  ev.type = "trigger.fired";
+  ev.job = job;
+  ev.trigger = static_cast<uint32_t>(trigger);
+  ev.instance = id;
+  ev.detail = what;
+  events_->publish(std::move(ev));
 }
 
 size_t Master::in_flight_total() const {
@@ -591,6 +658,12 @@ int Master::run() {
     log::error(s.error().message);
     return 1;
   }
+  auto watcher = FileWatcher::create();
+  if (!watcher.ok()) {
+    log::error("cannot start the file watcher: " + watcher.error().message);
+    return 1;
+  }
+  watcher_ = std::move(watcher.value());
   start_local_worker();
   std::vector<zmq::pollitem_t> items;
   while (true) {
@@ -600,6 +673,7 @@ int Master::run() {
     items.push_back({api_->handle(), 0, ZMQ_POLLIN, 0});
     items.push_back({local_ ? local_->handle() : nullptr, -1, static_cast<short>(local_ ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, opt_.stop_fd, static_cast<short>(opt_.stop_fd >= 0 ? ZMQ_POLLIN : 0), 0});
+    items.push_back({nullptr, watcher_->fd(), ZMQ_POLLIN, 0});
     auto wake = next_wakeup(now);
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
     if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
@@ -614,6 +688,8 @@ int Master::run() {
     if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
     if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
     if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
+    if (items[4].revents & ZMQ_POLLIN) take_file_events();
+    if (!shutdown_deadline_) fire_due_triggers();
     auto after = Clock::now();
     on_timer(after);
     release_due_retries(after);

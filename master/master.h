@@ -26,7 +26,9 @@
 #include "master/event_publisher.h"
 #include "master/instance_state.h"
 #include "master/member_state.h"
+#include "master/file_watcher.h"
 #include "master/queue_scheduler.h"
+#include "master/trigger_scheduler.h"
 
 namespace zf {
 
@@ -113,6 +115,8 @@ struct Counters {
   uint64_t late_results = 0;
   uint64_t api_requests = 0;
   uint64_t dispatched = 0;
+  uint64_t trigger_fired = 0;
+  uint64_t trigger_failed = 0;
 };
 
 class Master {
@@ -157,6 +161,13 @@ class Master {
   bool retry_or_finish(Instance& inst, InstanceState outcome);
   void release_due_retries(Clock::time_point now);
   void begin_shutdown(Clock::time_point now);
+  // --- triggers
+  void fire_due_triggers();
+  void take_file_events();
+  void fire(const std::string& job, size_t trigger, const std::map<std::string, std::string>& params,
+            const std::string& what);
+  void apply_job_triggers(const Job& job);
+  void forget_job_triggers(const std::string& job);
   size_t in_flight_total() const;
   void dispatch();
   void notify_waiters(const Instance& inst);
@@ -173,6 +184,7 @@ class Master {
   nlohmann::json api_cancel(const nlohmann::json& args);
   nlohmann::json api_workers(const nlohmann::json& args);
   nlohmann::json api_worker_drain(const nlohmann::json& args);
+  nlohmann::json api_job_enable(const nlohmann::json& args, bool enable);
   nlohmann::json api_stats(const nlohmann::json& args);
   nlohmann::json api_ping(const nlohmann::json& args);
   nlohmann::json api_queue_put(const nlohmann::json& args);
@@ -204,6 +216,9 @@ class Master {
   QueueScheduler sched_;
   uint64_t next_instance_id_ = 1;
   std::multimap<Clock::time_point, uint64_t> retries_;  // backoff timers
+  TriggerScheduler triggers_;
+  std::unique_ptr<FileWatcher> watcher_;
+  std::set<std::string> disabled_jobs_;
   std::list<Waiter> waiters_;
   std::unordered_multimap<uint64_t, std::list<Waiter>::iterator> waiters_by_instance_;
   Counters counters_;

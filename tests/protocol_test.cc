@@ -171,7 +171,9 @@ TEST_CASE("every message round-trips and matches its schema") {
   e.job = "j";
   e.member = "w1";
   e.exit_code = 0;
+  e.trigger = 2;
   auto re = std::get<Event>(round_trip(e));
+  CHECK(re.trigger == 2u);
   CHECK(re.seq == 17);
   CHECK(re.instance == 3u);
   CHECK(re.exit_code == 0);

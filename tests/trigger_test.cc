@@ -165,8 +165,8 @@ TEST_CASE("trigger: errors name the file, line, column and field") {
       {"[[triggers]]\nevery = \"soon\"\n",
        "jobs/t.toml:2:9: field 'triggers[0].every': invalid duration 'soon': expected a number (use e.g. 250ms, "
        "5s, 1m30s, 2h, 1d)"},
-      {"[[triggers]]\nevery = \"1m\"\n\n[[triggers]]\nevery = \"500ms\"\n",
-       "jobs/t.toml:5:9: field 'triggers[1].every': must be at least 1s"},
+      {"[[triggers]]\nevery = \"1m\"\n\n[[triggers]]\nevery = \"50ms\"\n",
+       "jobs/t.toml:5:9: field 'triggers[1].every': must be at least 100ms"},
       {"[[triggers]]\nevery = 5\n", "jobs/t.toml:2:9: field 'triggers[0].every': expected a string"},
       {"[[triggers]]\npattern = \"*.csv\"\n",
        "jobs/t.toml:1:1: field 'triggers[0]': a trigger needs one of 'every = \"DURATION\"', 'cron = \"m h dom mon "

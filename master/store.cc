@@ -1,0 +1,982 @@
+#include "master/store.h"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+namespace zf {
+
+namespace {
+
+// --- the schema, as numbered steps. A step is never edited once released:
+// a database records the steps it went through, and a newer master applies
+// only the ones after that. Add a step; never change one.
+struct Migration {
+  int version;
+  const char* sql;
+};
+
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE schema_version (
+  version    INTEGER PRIMARY KEY,
+  applied_us INTEGER NOT NULL
+);
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE jobs (
+  name        TEXT PRIMARY KEY,
+  source_name TEXT NOT NULL,
+  toml        TEXT NOT NULL,
+  enabled     INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE queues (
+  name        TEXT PRIMARY KEY,
+  source_name TEXT NOT NULL,
+  toml        TEXT NOT NULL
+);
+CREATE TABLE instances (
+  id               INTEGER PRIMARY KEY,
+  job              TEXT NOT NULL,
+  queue            TEXT NOT NULL,
+  priority         INTEGER NOT NULL,
+  attempt          INTEGER NOT NULL,
+  state            TEXT NOT NULL,
+  params           TEXT NOT NULL,
+  steps            TEXT NOT NULL,
+  retry            TEXT NOT NULL,
+  timeout_ms       INTEGER NOT NULL,
+  member           TEXT NOT NULL,
+  slot             INTEGER NOT NULL,
+  exit_code        INTEGER NOT NULL,
+  failed_step      INTEGER NOT NULL,
+  duration_ms      INTEGER NOT NULL,
+  error            TEXT NOT NULL,
+  output           BLOB NOT NULL,
+  created_us       INTEGER NOT NULL,
+  updated_us       INTEGER NOT NULL,
+  cancel_requested INTEGER NOT NULL,
+  retry_at_us      INTEGER
+);
+CREATE TABLE transitions (
+  instance  INTEGER NOT NULL,
+  seq       INTEGER NOT NULL,
+  state     TEXT NOT NULL,
+  ts_us     INTEGER NOT NULL,
+  attempt   INTEGER NOT NULL,
+  member    TEXT NOT NULL,
+  exit_code INTEGER,
+  PRIMARY KEY (instance, seq)
+) WITHOUT ROWID;
+)sql"},
+    // Browsing history by state (load() reads the live ones) and by job.
+    {2, R"sql(
+CREATE INDEX instances_by_state ON instances (state, id);
+CREATE INDEX instances_by_job ON instances (job, id);
+)sql"},
+};
+static_assert(std::size(kMigrations) == kStoreSchemaVersion, "one migration step per schema version");
+
+constexpr const char* kMetaNextInstanceId = "next_instance_id";
+constexpr const char* kMetaLastEventSeq = "last_event_seq";
+
+// The names states have in the database. They are part of the file format:
+// never change one (a new state gets a new name).
+const char* db_state_name(InstanceState s) {
+  switch (s) {
+    case InstanceState::Queued: return "queued";
+    case InstanceState::Assigned: return "assigned";
+    case InstanceState::Running: return "running";
+    case InstanceState::Succeeded: return "succeeded";
+    case InstanceState::Failed: return "failed";
+    case InstanceState::Cancelled: return "cancelled";
+    case InstanceState::TimedOut: return "timed_out";
+    case InstanceState::Lost: return "lost";
+  }
+  return "?";
+}
+
+std::optional<InstanceState> parse_db_state(std::string_view name) {
+  for (auto s : {InstanceState::Queued, InstanceState::Assigned, InstanceState::Running, InstanceState::Succeeded,
+                 InstanceState::Failed, InstanceState::Cancelled, InstanceState::TimedOut, InstanceState::Lost})
+    if (name == db_state_name(s)) return s;
+  return std::nullopt;
+}
+
+// The SQL list of live state names, for WHERE clauses.
+constexpr const char* kLiveStatesSql = "('queued','assigned','running')";
+
+int64_t wall_now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+uint32_t be32(const unsigned char* p) {
+  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
+}
+
+bool file_exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+off_t file_size(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? st.st_size : -1;
+}
+
+Status fsync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) return make_error("cannot open " + path + " to sync it: " + std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return make_error("cannot sync " + path + ": " + std::strerror(err));
+  return {};
+}
+
+// What the first 100 bytes and the size of an existing file say, read with
+// plain read(2) so that a file that is not ours is never handed to SQLite.
+// `has_wal`: a non-empty -wal file exists; the main file may then legitimately
+// be shorter than its header says (a checkpoint was interrupted), and the size
+// checks are left to SQLite's own integrity check.
+Status check_header(const std::string& path, bool has_wal) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error(path + ": cannot open: " + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return make_error(path + ": cannot stat: " + std::strerror(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return make_error(path + ": not a regular file");
+  }
+  unsigned char h[100];
+  ssize_t n = ::pread(fd, h, sizeof h, 0);
+  int err = errno;
+  ::close(fd);
+  const std::string refuse = path + ": refusing to use this file as the zforce database: ";
+  if (n < 0) return make_error(path + ": cannot read: " + std::strerror(err));
+  if (st.st_size == 0) return make_error(refuse + "it is empty (0 bytes); zforce never leaves an empty database");
+  if (n < static_cast<ssize_t>(sizeof h))
+    return make_error(refuse + "it is truncated or not a database (" + std::to_string(st.st_size) +
+                      " bytes, shorter than an SQLite header)");
+  if (std::memcmp(h, "SQLite format 3", 16) != 0) return make_error(refuse + "it is not an SQLite database");
+  uint32_t page_size = (uint32_t(h[16]) << 8) | h[17];
+  if (page_size == 1) page_size = 65536;
+  if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)) != 0)
+    return make_error(refuse + "its SQLite header is corrupt (page size " + std::to_string(page_size) + ")");
+  uint32_t app_id = be32(h + 68);
+  if (app_id != static_cast<uint32_t>(kStoreApplicationId))
+    return make_error(refuse + "it is an SQLite database of another application (application_id " + hex32(app_id) +
+                      ", zforce's is " + hex32(static_cast<uint32_t>(kStoreApplicationId)) + ")");
+  if (!has_wal) {
+    if (st.st_size % page_size != 0)
+      return make_error(refuse + "it is truncated (" + std::to_string(st.st_size) +
+                        " bytes, not a whole number of " + std::to_string(page_size) + "-byte pages)");
+    // The in-header page count is valid when the change counter matches
+    // "version-valid-for" (SQLite file format, offsets 24, 28 and 92).
+    uint32_t pages = be32(h + 28);
+    if (be32(h + 24) == be32(h + 92) && uint64_t(pages) * page_size > uint64_t(st.st_size))
+      return make_error(refuse + "it is truncated (the header says " + std::to_string(pages) + " pages of " +
+                        std::to_string(page_size) + " bytes, the file has " + std::to_string(st.st_size) +
+                        " bytes)");
+  }
+  return {};
+}
+
+struct DbCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
+
+struct StmtFinalizer {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
+
+Error db_error(sqlite3* db, const std::string& path, const std::string& what) {
+  return make_error(path + ": " + what + ": " + sqlite3_errmsg(db));
+}
+
+Status exec(sqlite3* db, const std::string& path, const char* sql, const std::string& what) {
+  char* msg = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &msg) != SQLITE_OK) {
+    std::string m = msg ? msg : sqlite3_errmsg(db);
+    sqlite3_free(msg);
+    return make_error(path + ": " + what + ": " + m);
+  }
+  return {};
+}
+
+// Runs a query expected to return one integer (or no row: nullopt).
+Result<std::optional<int64_t>> query_int(sqlite3* db, const std::string& path, const char* sql) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db, sql, -1, &raw, nullptr) != SQLITE_OK) return db_error(db, path, sql);
+  StmtPtr s(raw);
+  int rc = sqlite3_step(s.get());
+  if (rc == SQLITE_DONE) return std::optional<int64_t>{};
+  if (rc != SQLITE_ROW) return db_error(db, path, sql);
+  if (sqlite3_column_type(s.get(), 0) == SQLITE_NULL) return std::optional<int64_t>{};
+  return std::optional<int64_t>{sqlite3_column_int64(s.get(), 0)};
+}
+
+// The schema version of a database, 0 for one without a schema_version table.
+Result<int> read_schema_version(sqlite3* db, const std::string& path) {
+  auto has = query_int(db, path, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='schema_version'");
+  if (!has.ok()) return has.error();
+  if (!*has || **has == 0) return 0;
+  auto v = query_int(db, path, "SELECT max(version) FROM schema_version");
+  if (!v.ok()) return v.error();
+  return static_cast<int>(v->value_or(0));
+}
+
+// Checks an existing database on a read-only connection, which never writes
+// to the main file (it has no checkpoint to run): application id, integrity,
+// schema version. Returns the schema version.
+Result<int> validate_read_only(const std::string& path, int newest_known) {
+  const std::string refuse = path + ": refusing to use this file as the zforce database: ";
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
+  DbPtr db(raw);
+  if (rc != SQLITE_OK) return make_error(refuse + "cannot open it: " + (raw ? sqlite3_errmsg(raw) : "out of memory"));
+  auto app = query_int(db.get(), path, "PRAGMA application_id");
+  if (!app.ok()) return make_error(refuse + "it is not a readable SQLite database (" + app.error().message + ")");
+  if (app->value_or(0) != kStoreApplicationId)
+    return make_error(refuse + "it is an SQLite database of another application (application_id " +
+                      hex32(static_cast<uint32_t>(app->value_or(0))) + ")");
+  {
+    sqlite3_stmt* s_raw = nullptr;
+    if (sqlite3_prepare_v2(db.get(), "PRAGMA quick_check(5)", -1, &s_raw, nullptr) != SQLITE_OK)
+      return make_error(refuse + "it is corrupt (" + sqlite3_errmsg(db.get()) + ")");
+    StmtPtr s(s_raw);
+    std::string problems;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+      const char* line = reinterpret_cast<const char*>(sqlite3_column_text(s.get(), 0));
+      std::string l = line ? line : "";
+      if (l == "ok") continue;
+      const std::string_view prefix = "*** in database main ***";
+      if (l.compare(0, prefix.size(), prefix) == 0) l.erase(0, l.find_first_not_of(" \n", prefix.size()));
+      for (size_t at; (at = l.find('\n')) != std::string::npos;) l.replace(at, 1, "; ");
+      problems += (problems.empty() ? "" : "; ") + l;
+    }
+    if (rc != SQLITE_DONE) return make_error(refuse + "it is corrupt (" + sqlite3_errmsg(db.get()) + ")");
+    if (!problems.empty()) return make_error(refuse + "it is corrupt (integrity check: " + problems + ")");
+  }
+  auto version = read_schema_version(db.get(), path);
+  if (!version.ok()) return make_error(refuse + "cannot read its schema version (" + version.error().message + ")");
+  if (*version == 0) return make_error(refuse + "it has zforce's application id but no schema_version table");
+  if (*version > newest_known)
+    return make_error(refuse + "it has schema version " + std::to_string(*version) +
+                      ", written by a newer zforce; this one knows versions up to " + std::to_string(newest_known));
+  return *version;
+}
+
+// Applies the migration steps after `from` up to `to`, in one transaction.
+Status migrate(sqlite3* db, const std::string& path, int from, int to) {
+  if (from >= to) return {};
+  if (auto s = exec(db, path, "BEGIN IMMEDIATE", "cannot start the migration"); !s.ok()) return s;
+  auto fail = [&](Error e) -> Status {
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    return e;
+  };
+  // Re-read inside the write lock: nobody migrated it in between.
+  auto current = read_schema_version(db, path);
+  if (!current.ok()) return fail(current.error());
+  if (*current != from) return fail(make_error(path + ": schema version changed while opening"));
+  for (const auto& m : kMigrations) {
+    if (m.version <= from || m.version > to) continue;
+    const std::string what = "migration to schema version " + std::to_string(m.version) + " failed";
+    if (auto s = exec(db, path, m.sql, what); !s.ok()) return fail(s.error());
+    std::string rec = "INSERT INTO schema_version (version, applied_us) VALUES (" + std::to_string(m.version) +
+                      ", " + std::to_string(wall_now_us()) + ")";
+    if (auto s = exec(db, path, rec.c_str(), what); !s.ok()) return fail(s.error());
+  }
+  if (from == 0) {
+    std::string app = "PRAGMA application_id = " + std::to_string(kStoreApplicationId);
+    if (auto s = exec(db, path, app.c_str(), "cannot set the application id"); !s.ok()) return fail(s.error());
+  }
+  if (auto s = exec(db, path, "COMMIT", "cannot commit the migration"); !s.ok()) return fail(s.error());
+  return {};
+}
+
+const char* sync_pragma(StoreOptions::Sync s) {
+  switch (s) {
+    case StoreOptions::Sync::Off: return "PRAGMA synchronous = OFF";
+    case StoreOptions::Sync::Normal: return "PRAGMA synchronous = NORMAL";
+    case StoreOptions::Sync::Full: return "PRAGMA synchronous = FULL";
+  }
+  return "PRAGMA synchronous = FULL";
+}
+
+Result<DbPtr> open_read_write(const std::string& path, int flags, const StoreOptions& opt) {
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
+  DbPtr db(raw);
+  if (rc != SQLITE_OK) return make_error(path + ": cannot open: " + (raw ? sqlite3_errmsg(raw) : "out of memory"));
+  sqlite3_extended_result_codes(db.get(), 1);
+  sqlite3_busy_timeout(db.get(), opt.busy_timeout_ms);
+  {
+    sqlite3_stmt* s_raw = nullptr;
+    if (sqlite3_prepare_v2(db.get(), "PRAGMA journal_mode = WAL", -1, &s_raw, nullptr) != SQLITE_OK)
+      return db_error(db.get(), path, "cannot switch to WAL mode");
+    StmtPtr s(s_raw);
+    if (sqlite3_step(s.get()) != SQLITE_ROW) return db_error(db.get(), path, "cannot switch to WAL mode");
+    const char* mode = reinterpret_cast<const char*>(sqlite3_column_text(s.get(), 0));
+    if (!mode || std::string(mode) != "wal")
+      return make_error(path + ": cannot switch to WAL mode (journal_mode is " + (mode ? mode : "?") +
+                        "; is the data folder on a file system without shared memory support?)");
+  }
+  if (auto s = exec(db.get(), path, sync_pragma(opt.sync), "cannot set synchronous"); !s.ok()) return s.error();
+  // Keep the WAL file from staying large after a burst (bytes).
+  if (auto s = exec(db.get(), path, "PRAGMA journal_size_limit = 67108864", "cannot set journal_size_limit"); !s.ok())
+    return s.error();
+  return db;
+}
+
+// Creates a new database under a temporary name and renames it into place
+// only when complete, so that a crash during creation never leaves a
+// half-made zforce.db (an empty one would be refused at the next start).
+Status create_database(const std::string& path, const std::string& dir, const StoreOptions& opt) {
+  const std::string tmp = path + ".new";
+  for (const char* suffix : {"", "-wal", "-shm", "-journal"}) ::unlink((tmp + suffix).c_str());
+  {
+    auto db = open_read_write(tmp, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, opt);
+    if (!db.ok()) return db.error();
+    if (auto s = migrate(db->get(), tmp, 0, opt.schema_version); !s.ok()) return s;
+    // Move everything into the main file so its header (application id,
+    // WAL mode) is complete before the rename.
+    if (auto s = exec(db->get(), tmp, "PRAGMA wal_checkpoint(TRUNCATE)", "cannot checkpoint"); !s.ok()) return s;
+    if (sqlite3_close(db->release()) != SQLITE_OK) return make_error(tmp + ": cannot close the new database");
+  }
+  if (auto s = fsync_path(tmp, false); !s.ok()) return s;
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    return make_error("cannot rename " + tmp + " to " + path + ": " + std::strerror(errno));
+  for (const char* suffix : {"-wal", "-shm"}) ::unlink((tmp + suffix).c_str());
+  return fsync_path(dir, true);
+}
+
+}  // namespace
+
+bool is_live(InstanceState s) {
+  return s == InstanceState::Queued || s == InstanceState::Assigned || s == InstanceState::Running;
+}
+
+// --- statements
+
+namespace {
+
+// A cached prepared statement in use: binds by position (1-based), steps,
+// and resets itself when the scope ends, so the statement is ready for the
+// next call and holds no read snapshot open.
+class Use {
+ public:
+  explicit Use(sqlite3_stmt* s) : s_(s) {}
+  // Every call binds every parameter, so bindings need no clearing.
+  ~Use() { sqlite3_reset(s_); }
+  Use(const Use&) = delete;
+  Use& operator=(const Use&) = delete;
+
+  Use& i64(int64_t v) {
+    sqlite3_bind_int64(s_, ++n_, v);
+    return *this;
+  }
+  Use& text(std::string_view v) {
+    sqlite3_bind_text(s_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+    return *this;
+  }
+  Use& blob(std::string_view v) {
+    // A zero-length blob, not NULL, for an empty string.
+    if (v.empty())
+      sqlite3_bind_zeroblob(s_, ++n_, 0);
+    else
+      sqlite3_bind_blob(s_, ++n_, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+    return *this;
+  }
+  Use& null() {
+    sqlite3_bind_null(s_, ++n_);
+    return *this;
+  }
+  template <class T>
+  Use& opt_i64(const std::optional<T>& v) {
+    return v ? i64(static_cast<int64_t>(*v)) : null();
+  }
+  int step() { return sqlite3_step(s_); }
+
+  int64_t col_i64(int c) const { return sqlite3_column_int64(s_, c); }
+  bool col_null(int c) const { return sqlite3_column_type(s_, c) == SQLITE_NULL; }
+  std::string col_text(int c) const {
+    const void* p = sqlite3_column_blob(s_, c);  // blob access: no text conversion, any bytes
+    int n = sqlite3_column_bytes(s_, c);
+    return p ? std::string(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string();
+  }
+
+ private:
+  sqlite3_stmt* s_;
+  int n_ = 0;
+};
+
+constexpr const char* kInstanceColumns =
+    "id, job, queue, priority, attempt, state, params, steps, retry, timeout_ms, member, slot, exit_code, "
+    "failed_step, duration_ms, error, output, created_us, updated_us, cancel_requested, retry_at_us";
+
+std::string params_to_json(const std::map<std::string, std::string>& params) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : params) j[k] = v;
+  // `replace`: invalid UTF-8 is stored as U+FFFD rather than throwing.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+Result<std::map<std::string, std::string>> params_from_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return make_error("params are not a JSON object");
+  std::map<std::string, std::string> out;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (!it.value().is_string()) return make_error("param '" + it.key() + "' is not a string");
+    out[it.key()] = it.value().get_ref<const std::string&>();
+  }
+  return out;
+}
+
+}  // namespace
+
+struct Store::Impl {
+  DbPtr db;
+  std::string path;
+  StoreOptions opt;
+  int version = 0;
+
+  bool turn_open = false;
+  bool txn_open = false;
+  std::optional<Error> turn_error;  // the first failed write of the turn
+
+  // Prepared once, at open (SQLITE_PREPARE_PERSISTENT).
+  StmtPtr begin, commit, rollback;
+  StmtPtr put_job, remove_job, put_queue, remove_queue;
+  StmtPtr upsert_instance, add_transition, set_meta, get_meta, all_meta;
+  StmtPtr load_jobs, load_queues, load_live, load_history, load_instance, max_instance_id;
+  StmtPtr prune_transitions, prune_instances;
+  // list_instances: one statement per combination of filters (job, state,
+  // before_id), prepared on first use, so each can use its index.
+  StmtPtr list[8];
+
+  Error err(const std::string& what) const { return db_error(db.get(), path, what); }
+
+  Status prepare(StmtPtr& out, const std::string& sql) {
+    sqlite3_stmt* raw = nullptr;
+    if (sqlite3_prepare_v3(db.get(), sql.c_str(), -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) != SQLITE_OK)
+      return err("cannot prepare '" + sql + "'");
+    out.reset(raw);
+    return {};
+  }
+
+  Status prepare_all() {
+    const std::string cols = kInstanceColumns;
+    std::string upsert = "INSERT INTO instances (" + cols +
+                         ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                         "ON CONFLICT (id) DO UPDATE SET job=excluded.job, queue=excluded.queue, "
+                         "priority=excluded.priority, attempt=excluded.attempt, state=excluded.state, "
+                         "params=excluded.params, steps=excluded.steps, retry=excluded.retry, "
+                         "timeout_ms=excluded.timeout_ms, member=excluded.member, slot=excluded.slot, "
+                         "exit_code=excluded.exit_code, failed_step=excluded.failed_step, "
+                         "duration_ms=excluded.duration_ms, error=excluded.error, output=excluded.output, "
+                         "created_us=excluded.created_us, updated_us=excluded.updated_us, "
+                         "cancel_requested=excluded.cancel_requested, retry_at_us=excluded.retry_at_us";
+    // Final instances last updated before ?1, oldest id first, at most ?2.
+    std::string prunable = "SELECT id FROM instances WHERE state NOT IN " + std::string(kLiveStatesSql) +
+                           " AND updated_us < ?1 ORDER BY id LIMIT ?2";
+    const std::pair<StmtPtr*, std::string> all[] = {
+        {&begin, "BEGIN IMMEDIATE"},
+        {&commit, "COMMIT"},
+        {&rollback, "ROLLBACK"},
+        {&put_job,
+         "INSERT INTO jobs (name, source_name, toml, enabled) VALUES (?,?,?,?) ON CONFLICT (name) DO UPDATE SET "
+         "source_name=excluded.source_name, toml=excluded.toml, enabled=excluded.enabled"},
+        {&remove_job, "DELETE FROM jobs WHERE name = ?"},
+        {&put_queue,
+         "INSERT INTO queues (name, source_name, toml) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET "
+         "source_name=excluded.source_name, toml=excluded.toml"},
+        {&remove_queue, "DELETE FROM queues WHERE name = ?"},
+        {&upsert_instance, upsert},
+        {&add_transition,
+         "INSERT OR REPLACE INTO transitions (instance, seq, state, ts_us, attempt, member, exit_code) "
+         "VALUES (?,?,?,?,?,?,?)"},
+        {&set_meta, "INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)"},
+        {&get_meta, "SELECT value FROM meta WHERE key = ?"},
+        {&all_meta, "SELECT key, value FROM meta ORDER BY key"},
+        {&load_jobs, "SELECT name, source_name, toml, enabled FROM jobs ORDER BY rowid"},
+        {&load_queues, "SELECT name, source_name, toml FROM queues ORDER BY rowid"},
+        {&load_live, "SELECT " + cols + " FROM instances WHERE state IN " + kLiveStatesSql + " ORDER BY id"},
+        {&load_history,
+         "SELECT seq, state, ts_us, attempt, member, exit_code FROM transitions WHERE instance = ? ORDER BY seq"},
+        {&load_instance, "SELECT " + cols + " FROM instances WHERE id = ?"},
+        {&max_instance_id, "SELECT max(id) FROM instances"},
+        {&prune_transitions, "DELETE FROM transitions WHERE instance IN (" + prunable + ")"},
+        {&prune_instances, "DELETE FROM instances WHERE id IN (" + prunable + ")"},
+    };
+    for (const auto& [stmt, sql] : all)
+      if (auto s = prepare(*stmt, sql); !s.ok()) return s;
+    return {};
+  }
+
+  // Before a write: inside a turn, the turn's transaction is started at its
+  // first write; a turn that already failed takes no more writes.
+  Status before_write() {
+    if (!turn_open) return {};
+    if (turn_error) return make_error("an earlier write of this turn failed: " + turn_error->message);
+    if (txn_open) return {};
+    Use u(begin.get());
+    if (u.step() != SQLITE_DONE) return fail_turn(err("cannot begin the turn's transaction"));
+    txn_open = true;
+    return {};
+  }
+
+  Status fail_turn(Error e) {
+    if (turn_open && !turn_error) turn_error = e;
+    return e;
+  }
+
+  // Steps a bound write statement and reports its failure (poisoning the turn).
+  Status finish_write(Use& u, const std::string& what) {
+    if (u.step() != SQLITE_DONE) return fail_turn(err(what));
+    return {};
+  }
+
+  void roll_back() {
+    if (txn_open || !sqlite3_get_autocommit(db.get())) {
+      Use u(rollback.get());
+      u.step();
+    }
+    txn_open = false;
+  }
+
+  Result<InstanceRecord> read_instance(Use& u) const {
+    InstanceRecord r;
+    r.id = static_cast<uint64_t>(u.col_i64(0));
+    r.job = u.col_text(1);
+    r.queue = u.col_text(2);
+    r.priority = static_cast<int>(u.col_i64(3));
+    r.attempt = static_cast<uint32_t>(u.col_i64(4));
+    std::string state = u.col_text(5);
+    auto st = parse_db_state(state);
+    if (!st) return make_error(path + ": instance " + std::to_string(r.id) + " has an unknown state '" + state + "'");
+    r.state = *st;
+    auto params = params_from_json(u.col_text(6));
+    if (!params.ok()) return make_error(path + ": instance " + std::to_string(r.id) + ": " + params.error().message);
+    r.params = std::move(params.value());
+    r.steps_json = u.col_text(7);
+    r.retry_json = u.col_text(8);
+    r.timeout_ms = static_cast<uint64_t>(u.col_i64(9));
+    r.member = u.col_text(10);
+    r.slot = static_cast<int>(u.col_i64(11));
+    r.exit_code = static_cast<int32_t>(u.col_i64(12));
+    r.failed_step = static_cast<int32_t>(u.col_i64(13));
+    r.duration_ms = static_cast<uint64_t>(u.col_i64(14));
+    r.error = u.col_text(15);
+    r.output = u.col_text(16);
+    r.created_us = u.col_i64(17);
+    r.updated_us = u.col_i64(18);
+    r.cancel_requested = u.col_i64(19) != 0;
+    if (!u.col_null(20)) r.retry_at_us = u.col_i64(20);
+    return r;
+  }
+
+  Status read_history(InstanceRecord& r) {
+    Use u(load_history.get());
+    u.i64(static_cast<int64_t>(r.id));
+    int rc;
+    while ((rc = u.step()) == SQLITE_ROW) {
+      TransitionRecord t;
+      t.seq = static_cast<uint32_t>(u.col_i64(0));
+      std::string state = u.col_text(1);
+      auto st = parse_db_state(state);
+      if (!st)
+        return make_error(path + ": instance " + std::to_string(r.id) + ", transition " + std::to_string(t.seq) +
+                          ": unknown state '" + state + "'");
+      t.state = *st;
+      t.ts_us = u.col_i64(2);
+      t.attempt = static_cast<uint32_t>(u.col_i64(3));
+      t.member = u.col_text(4);
+      if (!u.col_null(5)) t.exit_code = static_cast<int32_t>(u.col_i64(5));
+      r.history.push_back(std::move(t));
+    }
+    if (rc != SQLITE_DONE) return err("cannot read the history of instance " + std::to_string(r.id));
+    return {};
+  }
+
+  Result<std::optional<std::string>> meta(std::string_view key) {
+    Use u(get_meta.get());
+    u.text(key);
+    int rc = u.step();
+    if (rc == SQLITE_DONE) return std::optional<std::string>{};
+    if (rc != SQLITE_ROW) return err("cannot read meta '" + std::string(key) + "'");
+    return std::optional<std::string>{u.col_text(0)};
+  }
+
+  sqlite3_stmt* list_statement(const InstanceFilter& f) {
+    int key = (f.job ? 1 : 0) | (f.state ? 2 : 0) | (f.before_id ? 4 : 0);
+    if (!list[key]) {
+      std::string sql = std::string("SELECT ") + kInstanceColumns + " FROM instances WHERE 1";
+      if (f.job) sql += " AND job = ?";
+      if (f.state) sql += " AND state = ?";
+      if (f.before_id) sql += " AND id < ?";
+      sql += " ORDER BY id DESC LIMIT ?";
+      if (!prepare(list[key], sql).ok()) return nullptr;
+    }
+    return list[key].get();
+  }
+};
+
+Result<std::unique_ptr<Store>> Store::open(const std::string& dir, const StoreOptions& options) {
+  if (options.schema_version < 1 || options.schema_version > kStoreSchemaVersion)
+    return make_error("store: schema_version option out of range");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return make_error("cannot create data folder '" + dir + "': " + ec.message());
+  const std::string path = (std::filesystem::path(dir) / kStoreFileName).string();
+
+  if (!file_exists(path)) {
+    if (auto s = create_database(path, dir, options); !s.ok()) return s.error();
+  }
+  // Whatever is there now: check it before writing a single byte to it.
+  const std::string wal = path + "-wal", shm = path + "-shm";
+  const bool had_wal = file_exists(wal), had_shm = file_exists(shm);
+  if (auto s = check_header(path, file_size(wal) > 0); !s.ok()) return s.error();
+  auto version = validate_read_only(path, options.schema_version);
+  if (!version.ok()) {
+    // A read-only connection may have created empty -wal/-shm files beside a
+    // file it then refused; leave the folder as it was.
+    if (!had_wal && file_size(wal) == 0) ::unlink(wal.c_str());
+    if (!had_shm && file_exists(shm)) ::unlink(shm.c_str());
+    return version.error();
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  impl->opt = options;
+  auto db = open_read_write(path, SQLITE_OPEN_READWRITE, options);
+  if (!db.ok()) return db.error();
+  impl->db = std::move(db.value());
+  if (auto s = migrate(impl->db.get(), path, *version, options.schema_version); !s.ok()) return s.error();
+  impl->version = options.schema_version;
+  if (auto s = impl->prepare_all(); !s.ok()) return s.error();
+  return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Store::~Store() {
+  if (!impl_) return;
+  impl_->roll_back();
+  // Statements are finalized before the connection is closed (member order
+  // would do the opposite).
+  impl_->begin.reset();
+  impl_->commit.reset();
+  impl_->rollback.reset();
+  impl_->put_job.reset();
+  impl_->remove_job.reset();
+  impl_->put_queue.reset();
+  impl_->remove_queue.reset();
+  impl_->upsert_instance.reset();
+  impl_->add_transition.reset();
+  impl_->set_meta.reset();
+  impl_->get_meta.reset();
+  impl_->all_meta.reset();
+  impl_->load_jobs.reset();
+  impl_->load_queues.reset();
+  impl_->load_live.reset();
+  impl_->load_history.reset();
+  impl_->load_instance.reset();
+  impl_->max_instance_id.reset();
+  impl_->prune_transitions.reset();
+  impl_->prune_instances.reset();
+  for (auto& s : impl_->list) s.reset();
+  impl_->db.reset();
+}
+
+const std::string& Store::path() const { return impl_->path; }
+int Store::schema_version() const { return impl_->version; }
+bool Store::in_turn() const { return impl_->turn_open; }
+
+void Store::begin_turn() {
+  // A turn inside a turn is the master's bug; keep the outer one.
+  if (impl_->turn_open) return;
+  impl_->turn_open = true;
+  impl_->turn_error.reset();
+}
+
+Status Store::commit_turn() {
+  Impl& d = *impl_;
+  if (!d.turn_open) return {};
+  d.turn_open = false;
+  if (d.turn_error) {
+    Error e = *d.turn_error;
+    d.turn_error.reset();
+    d.roll_back();
+    return make_error("the turn was rolled back: " + e.message);
+  }
+  if (!d.txn_open) return {};  // no writes
+  Use u(d.commit.get());
+  if (u.step() != SQLITE_DONE) {
+    Error e = d.err("cannot commit the turn");
+    d.roll_back();
+    return make_error(e.message + " (the turn was rolled back)");
+  }
+  d.txn_open = false;
+  return {};
+}
+
+Status Store::put_job(const JobRecord& job) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->put_job.get());
+  u.text(job.name).text(job.source_name).text(job.text).i64(job.enabled ? 1 : 0);
+  return impl_->finish_write(u, "cannot store job '" + job.name + "'");
+}
+
+Status Store::remove_job(const std::string& name) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->remove_job.get());
+  u.text(name);
+  return impl_->finish_write(u, "cannot remove job '" + name + "'");
+}
+
+Status Store::put_queue(const QueueRecord& queue) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->put_queue.get());
+  u.text(queue.name).text(queue.source_name).text(queue.text);
+  return impl_->finish_write(u, "cannot store queue '" + queue.name + "'");
+}
+
+Status Store::remove_queue(const std::string& name) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->remove_queue.get());
+  u.text(name);
+  return impl_->finish_write(u, "cannot remove queue '" + name + "'");
+}
+
+Status Store::upsert_instance(const InstanceRecord& r) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  const std::string params = params_to_json(r.params);
+  Use u(impl_->upsert_instance.get());
+  u.i64(static_cast<int64_t>(r.id))
+      .text(r.job)
+      .text(r.queue)
+      .i64(r.priority)
+      .i64(r.attempt)
+      .text(db_state_name(r.state))
+      .text(params)
+      .text(r.steps_json)
+      .text(r.retry_json)
+      .i64(static_cast<int64_t>(r.timeout_ms))
+      .text(r.member)
+      .i64(r.slot)
+      .i64(r.exit_code)
+      .i64(r.failed_step)
+      .i64(static_cast<int64_t>(r.duration_ms))
+      .text(r.error)
+      .blob(r.output)
+      .i64(r.created_us)
+      .i64(r.updated_us)
+      .i64(r.cancel_requested ? 1 : 0)
+      .opt_i64(r.retry_at_us);
+  return impl_->finish_write(u, "cannot store instance " + std::to_string(r.id));
+}
+
+Status Store::add_transition(uint64_t instance_id, const TransitionRecord& t) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->add_transition.get());
+  u.i64(static_cast<int64_t>(instance_id))
+      .i64(t.seq)
+      .text(db_state_name(t.state))
+      .i64(t.ts_us)
+      .i64(t.attempt)
+      .text(t.member)
+      .opt_i64(t.exit_code);
+  return impl_->finish_write(u, "cannot store a transition of instance " + std::to_string(instance_id));
+}
+
+Status Store::set_meta(std::string_view key, std::string_view value) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->set_meta.get());
+  u.text(key).text(value);
+  return impl_->finish_write(u, "cannot store meta '" + std::string(key) + "'");
+}
+
+Status Store::set_next_instance_id(uint64_t next) { return set_meta(kMetaNextInstanceId, std::to_string(next)); }
+Status Store::set_last_event_seq(uint64_t seq) { return set_meta(kMetaLastEventSeq, std::to_string(seq)); }
+
+Result<uint64_t> Store::prune_history(int64_t older_than_us, uint64_t max_instances) {
+  Impl& d = *impl_;
+  if (auto s = d.before_write(); !s.ok()) return s.error();
+  // Outside a turn the two deletes still go together.
+  const bool own_txn = !d.turn_open;
+  if (own_txn) {
+    Use b(d.begin.get());
+    if (b.step() != SQLITE_DONE) return d.err("cannot begin pruning");
+  }
+  const int64_t limit = max_instances > uint64_t(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(max_instances);
+  Status s;
+  {
+    Use u(d.prune_transitions.get());
+    u.i64(older_than_us).i64(limit);
+    s = d.finish_write(u, "cannot prune transitions");
+  }
+  uint64_t removed = 0;
+  if (s.ok()) {
+    Use u(d.prune_instances.get());
+    u.i64(older_than_us).i64(limit);
+    s = d.finish_write(u, "cannot prune instances");
+    if (s.ok()) removed = static_cast<uint64_t>(sqlite3_changes64(d.db.get()));
+  }
+  if (own_txn) {
+    if (!s.ok()) {
+      d.roll_back();
+      return s.error();
+    }
+    Use c(d.commit.get());
+    if (c.step() != SQLITE_DONE) {
+      Error e = d.err("cannot commit pruning");
+      d.roll_back();
+      return e;
+    }
+  }
+  if (!s.ok()) return s.error();
+  return removed;
+}
+
+Result<StoreContents> Store::load() {
+  Impl& d = *impl_;
+  StoreContents out;
+  // One read transaction, so that all of it is one consistent snapshot.
+  const bool own_read = sqlite3_get_autocommit(d.db.get()) != 0;
+  if (own_read) {
+    if (auto s = exec(d.db.get(), d.path, "BEGIN", "cannot start reading"); !s.ok()) return s.error();
+  }
+  auto body = [&]() -> Status {
+    {
+      Use u(d.load_jobs.get());
+      int rc;
+      while ((rc = u.step()) == SQLITE_ROW)
+        out.jobs.push_back(JobRecord{u.col_text(0), u.col_text(1), u.col_text(2), u.col_i64(3) != 0});
+      if (rc != SQLITE_DONE) return d.err("cannot read jobs");
+    }
+    {
+      Use u(d.load_queues.get());
+      int rc;
+      while ((rc = u.step()) == SQLITE_ROW)
+        out.queues.push_back(QueueRecord{u.col_text(0), u.col_text(1), u.col_text(2)});
+      if (rc != SQLITE_DONE) return d.err("cannot read queues");
+    }
+    {
+      Use u(d.load_live.get());
+      int rc;
+      while ((rc = u.step()) == SQLITE_ROW) {
+        auto r = d.read_instance(u);
+        if (!r.ok()) return r.error();
+        out.instances.push_back(std::move(r.value()));
+      }
+      if (rc != SQLITE_DONE) return d.err("cannot read instances");
+    }
+    for (auto& r : out.instances)
+      if (auto s = d.read_history(r); !s.ok()) return s;
+    {
+      Use u(d.all_meta.get());
+      int rc;
+      while ((rc = u.step()) == SQLITE_ROW) out.meta[u.col_text(0)] = u.col_text(1);
+      if (rc != SQLITE_DONE) return d.err("cannot read meta");
+    }
+    uint64_t next = 1;
+    {
+      Use u(d.max_instance_id.get());
+      if (u.step() != SQLITE_ROW) return d.err("cannot read the largest instance id");
+      if (!u.col_null(0)) next = static_cast<uint64_t>(u.col_i64(0)) + 1;
+    }
+    auto number = [&](const char* key, uint64_t& v) -> Status {
+      auto it = out.meta.find(key);
+      if (it == out.meta.end()) return {};
+      char* end = nullptr;
+      errno = 0;
+      unsigned long long n = std::strtoull(it->second.c_str(), &end, 10);
+      if (errno != 0 || it->second.empty() || *end != '\0')
+        return make_error(d.path + ": meta '" + key + "' is not a number: '" + it->second + "'");
+      v = n;
+      return {};
+    };
+    uint64_t stored_next = 0;
+    if (auto s = number(kMetaNextInstanceId, stored_next); !s.ok()) return s;
+    out.next_instance_id = std::max(next, stored_next);
+    if (auto s = number(kMetaLastEventSeq, out.last_event_seq); !s.ok()) return s;
+    return {};
+  };
+  Status s = body();
+  if (own_read) sqlite3_exec(d.db.get(), "COMMIT", nullptr, nullptr, nullptr);
+  if (!s.ok()) return s.error();
+  return out;
+}
+
+Result<std::optional<InstanceRecord>> Store::load_instance(uint64_t id) {
+  Impl& d = *impl_;
+  std::optional<InstanceRecord> r;
+  {
+    Use u(d.load_instance.get());
+    u.i64(static_cast<int64_t>(id));
+    int rc = u.step();
+    if (rc == SQLITE_DONE) return r;
+    if (rc != SQLITE_ROW) return d.err("cannot read instance " + std::to_string(id));
+    auto rec = d.read_instance(u);
+    if (!rec.ok()) return rec.error();
+    r = std::move(rec.value());
+  }
+  if (auto s = d.read_history(*r); !s.ok()) return s.error();
+  return r;
+}
+
+Result<std::vector<InstanceRecord>> Store::list_instances(const InstanceFilter& f) {
+  Impl& d = *impl_;
+  std::vector<InstanceRecord> out;
+  sqlite3_stmt* stmt = d.list_statement(f);
+  if (!stmt) return d.err("cannot prepare the instance listing");
+  {
+    Use u(stmt);
+    if (f.job) u.text(*f.job);
+    if (f.state) u.text(db_state_name(*f.state));
+    if (f.before_id) u.i64(static_cast<int64_t>(*f.before_id));
+    u.i64(f.limit > size_t(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(f.limit));
+    int rc;
+    while ((rc = u.step()) == SQLITE_ROW) {
+      auto r = d.read_instance(u);
+      if (!r.ok()) return r.error();
+      out.push_back(std::move(r.value()));
+    }
+    if (rc != SQLITE_DONE) return d.err("cannot list instances");
+  }
+  if (f.with_history)
+    for (auto& r : out)
+      if (auto s = d.read_history(r); !s.ok()) return s.error();
+  return out;
+}
+
+Result<std::optional<std::string>> Store::get_meta(std::string_view key) { return impl_->meta(key); }
+
+}  // namespace zf

@@ -1,0 +1,691 @@
+// The master's durable store: round trips, group commit, crash recovery,
+// refusal of files that are not ours, migrations, pruning.
+//
+// A few cases build a database "by hand" (a foreign SQLite file, a version-1
+// zforce file) with the sqlite3 command-line shell, since only master/store.*
+// may include sqlite3.h; they are skipped, with a message, where the shell is
+// not installed.
+#include "master/store.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+namespace fs = std::filesystem;
+using namespace zf;
+
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "zf-store-test-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) FAIL("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string db() const { return path_ + "/zforce.db"; }
+
+ private:
+  std::string path_;
+};
+
+std::unique_ptr<Store> open_ok(const std::string& dir, const StoreOptions& options = {}) {
+  auto s = Store::open(dir, options);
+  if (!s.ok()) FAIL("Store::open failed: " << s.error().message);
+  return std::move(s.value());
+}
+
+void ok(const Status& s) {
+  if (!s.ok()) FAIL(s.error().message);
+}
+
+template <class T>
+T ok(Result<T> r) {
+  if (!r.ok()) FAIL(r.error().message);
+  return std::move(r.value());
+}
+
+InstanceRecord instance(uint64_t id, InstanceState state = InstanceState::Queued, std::string job = "build") {
+  InstanceRecord r;
+  r.id = id;
+  r.job = std::move(job);
+  r.queue = "default";
+  r.priority = static_cast<int>(id % 3);
+  r.state = state;
+  r.params = {{"branch", "main"}, {"n", std::to_string(id)}};
+  r.steps_json = R"([{"name":"compile","run":["make"]}])";
+  r.retry_json = R"({"attempts":3})";
+  r.created_us = 1'000'000 + static_cast<int64_t>(id);
+  r.updated_us = r.created_us;
+  return r;
+}
+
+TransitionRecord transition(uint32_t seq, InstanceState state, int64_t ts_us, std::string member = "",
+                            std::optional<int32_t> exit_code = std::nullopt) {
+  TransitionRecord t;
+  t.seq = seq;
+  t.state = state;
+  t.ts_us = ts_us;
+  t.member = std::move(member);
+  t.exit_code = exit_code;
+  return t;
+}
+
+bool same(const TransitionRecord& a, const TransitionRecord& b) {
+  return a.seq == b.seq && a.state == b.state && a.ts_us == b.ts_us && a.attempt == b.attempt && a.member == b.member &&
+         a.exit_code == b.exit_code;
+}
+
+void check_same(const InstanceRecord& a, const InstanceRecord& b) {
+  CHECK(a.id == b.id);
+  CHECK(a.job == b.job);
+  CHECK(a.queue == b.queue);
+  CHECK(a.priority == b.priority);
+  CHECK(a.attempt == b.attempt);
+  CHECK(a.state == b.state);
+  CHECK(a.params == b.params);
+  CHECK(a.steps_json == b.steps_json);
+  CHECK(a.retry_json == b.retry_json);
+  CHECK(a.timeout_ms == b.timeout_ms);
+  CHECK(a.member == b.member);
+  CHECK(a.slot == b.slot);
+  CHECK(a.exit_code == b.exit_code);
+  CHECK(a.failed_step == b.failed_step);
+  CHECK(a.duration_ms == b.duration_ms);
+  CHECK(a.error == b.error);
+  CHECK(a.output == b.output);
+  CHECK(a.created_us == b.created_us);
+  CHECK(a.updated_us == b.updated_us);
+  CHECK(a.cancel_requested == b.cancel_requested);
+  CHECK(a.retry_at_us == b.retry_at_us);
+}
+
+std::vector<uint64_t> ids(const std::vector<InstanceRecord>& v) {
+  std::vector<uint64_t> out;
+  for (const auto& r : v) out.push_back(r.id);
+  return out;
+}
+
+std::vector<std::string> job_names(const StoreContents& c) {
+  std::vector<std::string> out;
+  for (const auto& j : c.jobs) out.push_back(j.name);
+  return out;
+}
+
+bool have_sqlite_shell() { return std::system("sqlite3 -version >/dev/null 2>&1") == 0; }
+
+// Runs SQL on a database with the sqlite3 shell; returns its output.
+std::string shell(const std::string& db, const std::string& sql) {
+  std::string script = db + ".sql";
+  {
+    std::ofstream f(script);
+    f << sql;
+  }
+  std::string cmd = "sqlite3 -batch '" + db + "' < '" + script + "' 2>&1";
+  std::string out;
+  if (FILE* p = ::popen(cmd.c_str(), "r")) {
+    char buf[512];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    ::pclose(p);
+  }
+  fs::remove(script);
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << bytes;
+}
+
+// What "untouched" means: same bytes, same mtime (set to a day in 2001 first,
+// so any write would move it), no file added to or removed from the folder.
+struct Snapshot {
+  std::string bytes;
+  int64_t mtime_ns;
+  std::set<std::string> folder;
+  bool operator==(const Snapshot&) const = default;
+};
+
+void age(const std::string& path) {
+  struct timespec times[2] = {{1'000'000'000, 0}, {1'000'000'000, 0}};
+  REQUIRE(::utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
+}
+
+Snapshot snapshot(const std::string& path) {
+  Snapshot s;
+  s.bytes = read_file(path);
+  struct stat st;
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  s.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  for (const auto& e : fs::directory_iterator(fs::path(path).parent_path())) s.folder.insert(e.path().filename());
+  return s;
+}
+
+// Opening `dir` must fail with a message naming the file and containing
+// `reason`, and must leave the file exactly as it was.
+void check_refused(const TempDir& dir, const std::string& reason) {
+  age(dir.db());
+  Snapshot before = snapshot(dir.db());
+  auto s = Store::open(dir.path());
+  REQUIRE_FALSE(s.ok());
+  INFO("error: " << s.error().message);
+  CHECK(s.error().message.find(dir.db()) != std::string::npos);
+  CHECK(s.error().message.find(reason) != std::string::npos);
+  CHECK(snapshot(dir.db()) == before);
+}
+
+// A store with enough rows to span many pages.
+void fill(const std::string& dir, int n) {
+  auto store = open_ok(dir);
+  store->begin_turn();
+  for (int i = 1; i <= n; ++i) {
+    auto r = instance(static_cast<uint64_t>(i));
+    r.output = std::string(200, 'x');
+    ok(store->upsert_instance(r));
+    ok(store->add_transition(r.id, transition(0, InstanceState::Queued, 5)));
+  }
+  ok(store->commit_turn());
+}
+
+constexpr const char* kVersion1Schema = R"sql(
+PRAGMA application_id = 1514558019;  -- 0x5A465243, "ZFRC"
+CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_us INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE jobs (name TEXT PRIMARY KEY, source_name TEXT NOT NULL, toml TEXT NOT NULL,
+                   enabled INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE queues (name TEXT PRIMARY KEY, source_name TEXT NOT NULL, toml TEXT NOT NULL);
+CREATE TABLE instances (
+  id INTEGER PRIMARY KEY, job TEXT NOT NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
+  attempt INTEGER NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL, steps TEXT NOT NULL,
+  retry TEXT NOT NULL, timeout_ms INTEGER NOT NULL, member TEXT NOT NULL, slot INTEGER NOT NULL,
+  exit_code INTEGER NOT NULL, failed_step INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+  error TEXT NOT NULL, output BLOB NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
+  cancel_requested INTEGER NOT NULL, retry_at_us INTEGER);
+CREATE TABLE transitions (instance INTEGER NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
+  ts_us INTEGER NOT NULL, attempt INTEGER NOT NULL, member TEXT NOT NULL, exit_code INTEGER,
+  PRIMARY KEY (instance, seq)) WITHOUT ROWID;
+INSERT INTO schema_version VALUES (1, 0);
+)sql";
+
+}  // namespace
+
+TEST_CASE("a new data folder gets an empty store at the current schema version") {
+  TempDir dir;
+  auto store = open_ok(dir.path() + "/data");
+  CHECK(store->schema_version() == kStoreSchemaVersion);
+  CHECK(store->path() == dir.path() + "/data/zforce.db");
+  auto c = ok(store->load());
+  CHECK(c.jobs.empty());
+  CHECK(c.queues.empty());
+  CHECK(c.instances.empty());
+  CHECK(c.next_instance_id == 1);
+  CHECK(c.last_event_seq == 0);
+  CHECK_FALSE(fs::exists(dir.path() + "/data/zforce.db.new"));
+}
+
+TEST_CASE("jobs and queues round trip, in the order they were first put") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  ok(store->put_job({"zeta", "jobs/zeta.toml", "name = \"zeta\"\n", true}));
+  ok(store->put_job({"alpha", "jobs/alpha.toml", "name = \"alpha\"\n", false}));
+  ok(store->put_job({"mid", "jobs/mid.toml", "x", true}));
+  ok(store->put_job({"zeta", "jobs/zeta2.toml", "name = \"zeta\" # v2\n", false}));  // an update keeps its place
+  ok(store->remove_job("mid"));
+  ok(store->remove_job("never-there"));
+  ok(store->put_queue({"slow", "queues/slow.toml", "max_parallel = 1\n"}));
+  ok(store->put_queue({"fast", "queues/fast.toml", "max_parallel = 8\n"}));
+  ok(store->put_queue({"gone", "queues/gone.toml", ""}));
+  ok(store->remove_queue("gone"));
+
+  auto c = ok(store->load());
+  REQUIRE(c.jobs.size() == 2);
+  CHECK(job_names(c) == std::vector<std::string>{"zeta", "alpha"});
+  CHECK(c.jobs[0].source_name == "jobs/zeta2.toml");
+  CHECK(c.jobs[0].text == "name = \"zeta\" # v2\n");
+  CHECK_FALSE(c.jobs[0].enabled);
+  CHECK_FALSE(c.jobs[1].enabled);
+  REQUIRE(c.queues.size() == 2);
+  CHECK(c.queues[0].name == "slow");
+  CHECK(c.queues[0].source_name == "queues/slow.toml");
+  CHECK(c.queues[0].text == "max_parallel = 1\n");
+  CHECK(c.queues[1].name == "fast");
+}
+
+TEST_CASE("an instance and its history round trip with every field") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  InstanceRecord r = instance(7, InstanceState::Running);
+  r.attempt = 2;
+  r.priority = -5;
+  r.params = {{"empty", ""}, {"quote", "a \"b\" \\ c"}, {"unicode", "grüße ✓"}};
+  r.timeout_ms = 90'000;
+  r.member = "worker-3";
+  r.slot = 2;
+  r.exit_code = -9;
+  r.failed_step = 1;
+  r.duration_ms = 12'345;
+  r.error = "step 'compile' exited with 2";
+  r.output = std::string("line 1\n\0binary\xff\xfe tail", 24);
+  r.updated_us = 9'999'999'999;
+  r.cancel_requested = true;
+  r.retry_at_us = 1'700'000'000'000'000;
+  ok(store->upsert_instance(r));
+  ok(store->add_transition(7, transition(0, InstanceState::Queued, 100)));
+  ok(store->add_transition(7, transition(1, InstanceState::Assigned, 200, "worker-3")));
+  auto t2 = transition(2, InstanceState::Lost, 300, "worker-3");
+  t2.attempt = 1;
+  ok(store->add_transition(7, t2));
+  auto t3 = transition(3, InstanceState::Failed, 400, "worker-3", -9);
+  t3.attempt = 2;
+  ok(store->add_transition(7, t3));
+
+  auto got = ok(store->load_instance(7));
+  REQUIRE(got.has_value());
+  check_same(*got, r);
+  REQUIRE(got->history.size() == 4);
+  CHECK(same(got->history[1], transition(1, InstanceState::Assigned, 200, "worker-3")));
+  CHECK(same(got->history[3], t3));
+  CHECK_FALSE(got->history[0].exit_code.has_value());
+
+  SUBCASE("an upsert replaces every field and keeps the history") {
+    InstanceRecord r2 = instance(7, InstanceState::Succeeded, "other");
+    r2.output = "";
+    ok(store->upsert_instance(r2));
+    auto again = ok(store->load_instance(7));
+    REQUIRE(again.has_value());
+    check_same(*again, r2);
+    CHECK(again->history.size() == 4);
+  }
+  SUBCASE("an unknown id is no instance, not an error") { CHECK_FALSE(ok(store->load_instance(8)).has_value()); }
+}
+
+TEST_CASE("load returns the live instances in id order; final ones stay browsable") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  const InstanceState states[] = {InstanceState::Running,   InstanceState::Succeeded, InstanceState::Queued,
+                                  InstanceState::Failed,    InstanceState::Assigned,  InstanceState::Cancelled,
+                                  InstanceState::TimedOut,  InstanceState::Lost,      InstanceState::Queued};
+  store->begin_turn();
+  // Written out of order: the order of load() is the id's, not the write's.
+  for (uint64_t id = 9; id >= 1; --id) {
+    ok(store->upsert_instance(instance(id, states[id - 1], id % 2 ? "odd" : "even")));
+    ok(store->add_transition(id, transition(0, InstanceState::Queued, 10)));
+  }
+  ok(store->commit_turn());
+
+  auto c = ok(store->load());
+  CHECK(ids(c.instances) == std::vector<uint64_t>{1, 3, 5, 9});
+  for (const auto& r : c.instances) CHECK(r.history.size() == 1);
+  CHECK(c.next_instance_id == 10);
+
+  CHECK(ids(ok(store->list_instances({}))) == std::vector<uint64_t>{9, 8, 7, 6, 5, 4, 3, 2, 1});
+  InstanceFilter odd;
+  odd.job = "odd";
+  CHECK(ids(ok(store->list_instances(odd))) == std::vector<uint64_t>{9, 7, 5, 3, 1});
+  InstanceFilter queued_odd = odd;
+  queued_odd.state = InstanceState::Queued;
+  CHECK(ids(ok(store->list_instances(queued_odd))) == std::vector<uint64_t>{9, 3});
+  InstanceFilter page;
+  page.limit = 3;
+  page.before_id = 8;
+  page.with_history = true;
+  auto p = ok(store->list_instances(page));
+  CHECK(ids(p) == std::vector<uint64_t>{7, 6, 5});
+  CHECK(p[0].history.size() == 1);
+  InstanceFilter failed;
+  failed.state = InstanceState::Failed;
+  auto f = ok(store->list_instances(failed));
+  CHECK(ids(f) == std::vector<uint64_t>{4});
+  CHECK(f[0].history.empty());  // not asked for
+}
+
+TEST_CASE("a turn's writes are invisible to another connection until commit_turn") {
+  TempDir dir;
+  auto master = open_ok(dir.path());
+  auto reader = open_ok(dir.path());
+
+  master->begin_turn();
+  CHECK(master->in_turn());
+  ok(master->put_job({"a", "a.toml", "", true}));
+  ok(master->upsert_instance(instance(1)));
+  ok(master->add_transition(1, transition(0, InstanceState::Queued, 1)));
+  ok(master->set_last_event_seq(5));
+
+  // The master sees its own turn; nobody else does yet.
+  CHECK(ok(master->load()).instances.size() == 1);
+  auto before = ok(reader->load());
+  CHECK(before.jobs.empty());
+  CHECK(before.instances.empty());
+  CHECK(before.last_event_seq == 0);
+
+  ok(master->commit_turn());
+  CHECK_FALSE(master->in_turn());
+  auto after = ok(reader->load());
+  CHECK(after.jobs.size() == 1);
+  CHECK(after.instances.size() == 1);
+  CHECK(after.last_event_seq == 5);
+
+  SUBCASE("a turn without writes commits nothing and succeeds") {
+    master->begin_turn();
+    ok(master->commit_turn());
+  }
+  SUBCASE("commit_turn outside a turn is a no-op") { ok(master->commit_turn()); }
+}
+
+TEST_CASE("a turn that cannot write is rolled back whole and says why") {
+  TempDir dir;
+  StoreOptions impatient;
+  impatient.busy_timeout_ms = 20;
+  auto master = open_ok(dir.path(), impatient);
+  auto other = open_ok(dir.path());
+
+  // Another connection holds the write lock for the whole of the master's turn.
+  other->begin_turn();
+  ok(other->put_job({"held", "", "", true}));
+
+  master->begin_turn();
+  auto first = master->put_job({"a", "", "", true});
+  CHECK_FALSE(first.ok());
+  CHECK(first.error().message.find("locked") != std::string::npos);
+  // Later writes of the same turn are refused too: the turn is all or nothing.
+  CHECK_FALSE(master->upsert_instance(instance(1)).ok());
+  auto commit = master->commit_turn();
+  REQUIRE_FALSE(commit.ok());
+  CHECK(commit.error().message.find("rolled back") != std::string::npos);
+
+  ok(other->commit_turn());
+  master->begin_turn();
+  ok(master->put_job({"b", "", "", true}));
+  ok(master->commit_turn());
+  CHECK(job_names(ok(master->load())) == std::vector<std::string>{"held", "b"});
+}
+
+TEST_CASE("reopening a store gives back the same state in the same order") {
+  TempDir dir;
+  {
+    auto store = open_ok(dir.path());
+    store->begin_turn();
+    ok(store->put_job({"j2", "j2.toml", "two", true}));
+    ok(store->put_job({"j1", "j1.toml", "one", true}));
+    ok(store->put_queue({"q", "q.toml", "max_parallel = 2", }));
+    for (uint64_t id : {3, 1, 2, 5}) {
+      ok(store->upsert_instance(instance(id)));
+      ok(store->add_transition(id, transition(0, InstanceState::Queued, int64_t(id))));
+    }
+    ok(store->set_meta("trigger.nightly.last_fired_us", "1700000000000000"));
+    ok(store->commit_turn());
+  }
+  auto store = open_ok(dir.path());
+  auto c = ok(store->load());
+  CHECK(job_names(c) == std::vector<std::string>{"j2", "j1"});
+  REQUIRE(c.queues.size() == 1);
+  CHECK(ids(c.instances) == std::vector<uint64_t>{1, 2, 3, 5});
+  check_same(c.instances[2], instance(3));
+  CHECK(c.meta["trigger.nightly.last_fired_us"] == "1700000000000000");
+  CHECK(ok(store->get_meta("trigger.nightly.last_fired_us")) == std::optional<std::string>("1700000000000000"));
+  CHECK_FALSE(ok(store->get_meta("nothing")).has_value());
+}
+
+TEST_CASE("event sequence numbers and instance ids continue after a restart") {
+  TempDir dir;
+  {
+    auto store = open_ok(dir.path());
+    ok(store->set_last_event_seq(41));
+    ok(store->set_next_instance_id(100));  // ids up to 99 were handed out, even if pruned since
+    ok(store->upsert_instance(instance(12, InstanceState::Succeeded)));
+  }
+  {
+    auto store = open_ok(dir.path());
+    auto c = ok(store->load());
+    CHECK(c.last_event_seq == 41);
+    CHECK(c.next_instance_id == 100);
+    ok(store->upsert_instance(instance(150)));  // the store never hands out an id below a stored one
+  }
+  auto store = open_ok(dir.path());
+  CHECK(ok(store->load()).next_instance_id == 151);
+}
+
+namespace {
+
+// In a child process: opens the store, commits `turns` turns of one instance
+// each, writes one more turn without committing it, then dies as `how` says.
+// Returns only in the parent, with the child's wait status.
+int run_child_and_die(const std::string& dir, int turns, bool sigkill) {
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    auto s = Store::open(dir);
+    if (!s.ok()) ::_exit(10);
+    Store& store = *s.value();
+    for (int t = 1; t <= turns; ++t) {
+      store.begin_turn();
+      auto r = instance(static_cast<uint64_t>(t));
+      if (!store.upsert_instance(r).ok()) ::_exit(11);
+      if (!store.add_transition(r.id, transition(0, InstanceState::Queued, t)).ok()) ::_exit(12);
+      if (!store.set_last_event_seq(static_cast<uint64_t>(t)).ok()) ::_exit(13);
+      if (!store.commit_turn().ok()) ::_exit(14);
+    }
+    store.begin_turn();
+    (void)store.upsert_instance(instance(static_cast<uint64_t>(turns + 1)));
+    (void)store.set_last_event_seq(static_cast<uint64_t>(turns + 1));
+    if (sigkill) ::raise(SIGKILL);
+    ::_exit(0);  // no destructor, no close, no checkpoint
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  return status;
+}
+
+}  // namespace
+
+TEST_CASE("every committed turn survives the process dying; the uncommitted one does not") {
+  TempDir dir;
+  constexpr int kTurns = 50;
+  bool sigkill = false;
+  SUBCASE("killed with SIGKILL in the middle of a turn") { sigkill = true; }
+  SUBCASE("exiting without closing the store") { sigkill = false; }
+
+  int status = run_child_and_die(dir.path(), kTurns, sigkill);
+  if (sigkill) {
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+  } else {
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  CHECK(fs::exists(dir.db() + "-wal"));  // the committed turns are (at least partly) only in the WAL
+
+  auto store = open_ok(dir.path());
+  auto c = ok(store->load());
+  REQUIRE(c.instances.size() == kTurns);
+  for (int i = 0; i < kTurns; ++i) CHECK(c.instances[i].id == uint64_t(i + 1));
+  CHECK(c.last_event_seq == kTurns);
+  CHECK(c.next_instance_id == kTurns + 1);
+  CHECK_FALSE(ok(store->load_instance(kTurns + 1)).has_value());
+}
+
+TEST_CASE("files that are not a zforce database are refused and left untouched") {
+  TempDir dir;
+  SUBCASE("garbage") {
+    std::string bytes(8192, '\0');
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 7919 + 13) & 0xff);
+    write_file(dir.db(), bytes);
+    check_refused(dir, "not an SQLite database");
+  }
+  SUBCASE("a text file") {
+    write_file(dir.db(), "these are my notes, not a database\n");
+    check_refused(dir, "shorter than an SQLite header");
+  }
+  SUBCASE("an empty file") {
+    write_file(dir.db(), "");
+    check_refused(dir, "empty");
+  }
+  SUBCASE("a zforce database truncated to a few bytes") {
+    fill(dir.path(), 10);
+    write_file(dir.db(), read_file(dir.db()).substr(0, 60));
+    check_refused(dir, "shorter than an SQLite header");
+  }
+  SUBCASE("a zforce database that lost its last pages") {
+    fill(dir.path(), 300);
+    std::string bytes = read_file(dir.db());
+    REQUIRE(bytes.size() > 5 * 4096);
+    write_file(dir.db(), bytes.substr(0, bytes.size() - 2 * 4096));
+    check_refused(dir, "truncated");
+  }
+  SUBCASE("a zforce database cut in the middle of a page") {
+    fill(dir.path(), 300);
+    std::string bytes = read_file(dir.db());
+    write_file(dir.db(), bytes.substr(0, bytes.size() - 1000));
+    check_refused(dir, "truncated");
+  }
+  SUBCASE("a zforce database whose pages are garbage") {
+    fill(dir.path(), 300);
+    std::string bytes = read_file(dir.db());
+    for (size_t i = 4096; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 31 + 7) & 0xff);
+    write_file(dir.db(), bytes);
+    check_refused(dir, "corrupt");
+  }
+  SUBCASE("a database written by a newer zforce") {
+    fill(dir.path(), 1);
+    StoreOptions older;
+    older.schema_version = 1;  // this "build" knows only version 1
+    age(dir.db());
+    Snapshot before = snapshot(dir.db());
+    auto s = Store::open(dir.path(), older);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.error().message.find("newer zforce") != std::string::npos);
+    CHECK(s.error().message.find(dir.db()) != std::string::npos);
+    CHECK(snapshot(dir.db()) == before);
+  }
+  SUBCASE("an SQLite database of another application") {
+    if (!have_sqlite_shell()) {
+      MESSAGE("skipped: no sqlite3 shell");
+      return;
+    }
+    shell(dir.db(), "PRAGMA application_id = 42; CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT);");
+    check_refused(dir, "another application");
+  }
+  SUBCASE("a plain SQLite database (application id 0)") {
+    if (!have_sqlite_shell()) {
+      MESSAGE("skipped: no sqlite3 shell");
+      return;
+    }
+    shell(dir.db(), "PRAGMA journal_mode = WAL; CREATE TABLE jobs (name TEXT);");
+    check_refused(dir, "application_id 0x00000000");
+  }
+}
+
+TEST_CASE("a version-1 database is migrated to the current schema, keeping its data") {
+  TempDir dir;
+  SUBCASE("made by this code at version 1") {
+    StoreOptions v1;
+    v1.schema_version = 1;
+    {
+      auto store = open_ok(dir.path(), v1);
+      CHECK(store->schema_version() == 1);
+      ok(store->put_job({"old", "old.toml", "text", true}));
+      ok(store->upsert_instance(instance(4)));
+      ok(store->set_last_event_seq(77));
+    }
+  }
+  SUBCASE("made by hand with the version-1 SQL") {
+    if (!have_sqlite_shell()) {
+      MESSAGE("skipped: no sqlite3 shell");
+      return;
+    }
+    std::string out = shell(dir.db(), std::string(kVersion1Schema) + R"sql(
+INSERT INTO jobs VALUES ('old', 'old.toml', 'text', 1);
+INSERT INTO instances VALUES (4, 'build', 'default', 1, 1, 'queued', '{"branch":"main","n":"4"}',
+  '[{"name":"compile","run":["make"]}]', '{"attempts":3}', 0, '', -1, 0, -1, 0, '', x'', 1000004, 1000004, 0, NULL);
+INSERT INTO meta VALUES ('last_event_seq', '77');
+)sql");
+    REQUIRE(out.empty());
+  }
+  auto store = open_ok(dir.path());
+  CHECK(store->schema_version() == kStoreSchemaVersion);
+  auto c = ok(store->load());
+  CHECK(job_names(c) == std::vector<std::string>{"old"});
+  REQUIRE(c.instances.size() == 1);
+  check_same(c.instances[0], instance(4));
+  CHECK(c.last_event_seq == 77);
+  if (have_sqlite_shell()) {
+    store.reset();
+    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2\n");
+    CHECK(shell(dir.db(), "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'instances_by_state';") ==
+          "instances_by_state\n");
+    CHECK(shell(dir.db(), "PRAGMA journal_mode;") == "wal\n");
+  }
+}
+
+TEST_CASE("pruning removes old final instances and their history, never live ones") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  const int64_t old_us = 1'000, cutoff = 5'000, new_us = 9'000;
+  auto put = [&](uint64_t id, InstanceState state, int64_t updated) {
+    auto r = instance(id, state);
+    r.updated_us = updated;
+    ok(store->upsert_instance(r));
+    ok(store->add_transition(id, transition(0, InstanceState::Queued, updated)));
+    ok(store->add_transition(id, transition(1, state, updated)));
+  };
+  store->begin_turn();
+  put(1, InstanceState::Succeeded, old_us);
+  put(2, InstanceState::Failed, old_us);
+  put(3, InstanceState::Queued, old_us);  // live: kept however old
+  put(4, InstanceState::Running, old_us);
+  put(5, InstanceState::Succeeded, new_us);
+  put(6, InstanceState::Cancelled, old_us);
+  put(7, InstanceState::Lost, old_us);
+  ok(store->commit_turn());
+
+  SUBCASE("all at once") {
+    CHECK(ok(store->prune_history(cutoff)) == 4);
+    CHECK(ids(ok(store->list_instances({}))) == std::vector<uint64_t>{5, 4, 3});
+  }
+  SUBCASE("a slice at a time, inside turns") {
+    store->begin_turn();
+    CHECK(ok(store->prune_history(cutoff, 3)) == 3);
+    ok(store->commit_turn());
+    CHECK(ids(ok(store->list_instances({}))) == std::vector<uint64_t>{7, 5, 4, 3});
+    store->begin_turn();
+    CHECK(ok(store->prune_history(cutoff, 3)) == 1);
+    CHECK(ok(store->prune_history(cutoff, 3)) == 0);
+    ok(store->commit_turn());
+  }
+  CHECK(ok(store->load_instance(1)) == std::nullopt);
+  auto kept = ok(store->load_instance(3));
+  REQUIRE(kept.has_value());
+  CHECK(kept->history.size() == 2);
+  CHECK(ids(ok(store->load()).instances) == std::vector<uint64_t>{3, 4});
+  // The history of the pruned instances went with them.
+  if (have_sqlite_shell()) {
+    store.reset();
+    CHECK(shell(dir.db(), "SELECT count(*) FROM transitions WHERE instance IN (1, 2, 6, 7);") == "0\n");
+  }
+}

@@ -6,6 +6,8 @@
 #include "common/job_loader.h"
 #include "common/zmq_util.h"
 #include "master/master.h"
+#include "master/persistence.h"
+#include "master/store.h"
 
 namespace zf {
 
@@ -58,10 +60,8 @@ void Master::reply(const std::string& client, uint64_t req, bool ok, const std::
   r.ok = ok;
   r.error = error;
   r.result = std::move(result);
-  std::string bytes = proto::encode(r);
-  // A client that went away is no error of ours.
-  if (auto s = send_multipart(*api_, {client, bytes}); !s.ok())
-    log::debug("reply to an api client dropped: " + s.error().message);
+  // Sent after the turn is committed; a client that went away is no error of ours.
+  outbox_.push_back({api_.get(), client, proto::encode(r), ""});
 }
 
 void Master::drain_api_socket() {
@@ -165,6 +165,9 @@ nlohmann::json Master::api_job_put(const nlohmann::json& args) {
     ev.type = "job.updated";
     ev.job = j.name;
     std::string name = j.name;
+    if (store_)
+      if (auto s = store_->put_job({name, j.source_name, j.source_text, !disabled_jobs_.count(name)}); !s.ok())
+        throw ApiError{s.error().message};
     jobs_[name] = std::move(j);
     apply_job_triggers(jobs_[name]);
     events_->publish(std::move(ev));
@@ -221,6 +224,8 @@ nlohmann::json Master::api_job_rm(const nlohmann::json& args) {
     queues_.erase(it->second.local_queue->name);
     publish_queue_updated(it->second.local_queue->name, "removed");
   }
+  if (store_)
+    if (auto s = store_->remove_job(name); !s.ok()) throw ApiError{s.error().message};
   forget_job_triggers(name);
   jobs_.erase(it);
   proto::Event ev;
@@ -253,8 +258,9 @@ nlohmann::json Master::api_run(const nlohmann::json& args) {
   auto resolved = resolve_instance(it->second, given);
   if (!resolved.ok()) throw ApiError{resolved.error().message};
   auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
+  auto steps_json = encode_steps(*steps);
   nlohmann::json ids = nlohmann::json::array();
-  for (uint64_t i = 0; i < count; ++i) ids.push_back(create_instance(it->second, resolved->params, steps));
+  for (uint64_t i = 0; i < count; ++i) ids.push_back(create_instance(it->second, resolved->params, steps, steps_json));
   return {{"instances", ids}};
 }
 
@@ -286,6 +292,26 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
     if (!args["limit"].is_number_unsigned()) throw ApiError{"argument 'limit' must be a number"};
     limit = args["limit"].get<size_t>();
   }
+  nlohmann::json out = nlohmann::json::array();
+  if (store_) {
+    // The store holds the whole history; instances in memory are fresher.
+    InstanceFilter f;
+    f.job = job;
+    f.state = state;
+    f.limit = limit == 0 ? std::numeric_limits<size_t>::max() : limit;
+    auto recs = store_->list_instances(f);
+    if (!recs.ok()) throw ApiError{recs.error().message};
+    for (auto r = recs->rbegin(); r != recs->rend(); ++r) {  // newest last
+      auto mem = instances_.find(r->id);
+      if (mem != instances_.end()) {
+        out.push_back(instance_summary(mem->second));
+        continue;
+      }
+      auto inst = from_record(*r);
+      if (inst.ok()) out.push_back(instance_summary(*inst));
+    }
+    return {{"instances", out}};
+  }
   // Newest last; `limit` keeps the newest.
   std::vector<const Instance*> hits;
   for (auto it = instances_.rbegin(); it != instances_.rend() && (limit == 0 || hits.size() < limit); ++it) {
@@ -293,7 +319,6 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
     if (state && it->second.state != *state) continue;
     hits.push_back(&it->second);
   }
-  nlohmann::json out = nlohmann::json::array();
   for (auto it = hits.rbegin(); it != hits.rend(); ++it) out.push_back(instance_summary(**it));
   return {{"instances", out}};
 }
@@ -301,8 +326,18 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
 nlohmann::json Master::api_instance_show(const nlohmann::json& args) {
   uint64_t id = need_id(args, "id");
   auto it = instances_.find(id);
-  if (it == instances_.end()) throw ApiError{"no instance " + std::to_string(id)};
-  const Instance& inst = it->second;
+  Instance from_store;
+  if (it == instances_.end() && store_) {  // history that is no longer kept in memory
+    auto rec = store_->load_instance(id);
+    if (!rec.ok()) throw ApiError{rec.error().message};
+    if (*rec) {
+      auto inst = from_record(**rec);
+      if (!inst.ok()) throw ApiError{inst.error().message};
+      from_store = std::move(inst.value());
+    }
+  }
+  if (it == instances_.end() && from_store.id == 0) throw ApiError{"no instance " + std::to_string(id)};
+  const Instance& inst = it != instances_.end() ? it->second : from_store;
   nlohmann::json j = instance_summary(inst);
   j["params"] = inst.params;
   j["output"] = inst.output;
@@ -343,6 +378,7 @@ nlohmann::json Master::api_cancel(const nlohmann::json& args) {
     return {{"instance", id}, {"state", "cancelled"}};
   }
   inst.cancel_requested = true;
+  mark_dirty(inst);
   auto m = members_.find(inst.member);
   if (m != members_.end()) send_to(m->second, proto::Cancel{inst.id, inst.attempt});
   return {{"instance", id}, {"state", "cancelling"}};
@@ -380,6 +416,9 @@ nlohmann::json Master::api_job_enable(const nlohmann::json& args, bool enable) {
     triggers_.disable(name);
     watcher_->remove_job(name);
   }
+  if (store_)
+    if (auto s = store_->put_job({name, it->second.source_name, it->second.source_text, enable}); !s.ok())
+      throw ApiError{s.error().message};
   proto::Event ev;
   ev.type = enable ? "job.enabled" : "job.disabled";
   ev.job = name;
@@ -462,8 +501,10 @@ nlohmann::json Master::api_queue_put(const nlohmann::json& args) {
   const auto& files = need(args, "files");
   if (!files.is_array() || files.empty()) throw ApiError{"argument 'files' must be a non-empty list"};
   std::vector<QueueConfig> parsed;
+  std::vector<std::pair<std::string, std::string>> sources;
   for (const auto& f : files) {
     if (!f.is_object()) throw ApiError{"each file is {source, text}"};
+    sources.emplace_back(need_string(f, "source"), need_string(f, "text"));
     auto q = parse_queue(need_string(f, "text"), need_string(f, "source"));
     if (!q.ok()) throw ApiError{q.error().message};
     if (q->name == kDefaultQueue)
@@ -471,8 +512,13 @@ nlohmann::json Master::api_queue_put(const nlohmann::json& args) {
     parsed.push_back(std::move(q.value()));
   }
   nlohmann::json out = {{"created", nlohmann::json::array()}, {"updated", nlohmann::json::array()}};
-  for (auto& q : parsed) {
+  for (size_t i = 0; i < parsed.size(); ++i) {
+    auto& q = parsed[i];
     if (auto s = sched_.add_or_update_queue(q); !s.ok()) throw ApiError{s.error().message};
+    if (store_)
+      if (auto s = store_->put_queue({q.name, sources[i].first, sources[i].second}); !s.ok())
+        throw ApiError{s.error().message};
+    queue_sources_[q.name] = sources[i];
     bool exists = queues_.count(q.name) > 0;
     out[exists ? "updated" : "created"].push_back(q.name);
     queues_[q.name] = q;
@@ -503,7 +549,10 @@ nlohmann::json Master::api_queue_rm(const nlohmann::json& args) {
   for (const auto& [jn, job] : jobs_)
     if (queue_of(job) == name) throw ApiError{"queue '" + name + "' is used by job '" + jn + "'"};
   if (auto s = sched_.remove_queue(name); !s.ok()) throw ApiError{s.error().message};
+  if (store_)
+    if (auto s = store_->remove_queue(name); !s.ok()) throw ApiError{s.error().message};
   queues_.erase(it);
+  queue_sources_.erase(name);
   publish_queue_updated(name, "removed");
   return {{"removed", name}};
 }

@@ -26,8 +26,13 @@ std::string EventPublisher::endpoint() { return last_endpoint(socket_); }
 void EventPublisher::publish(proto::Event e) {
   e.seq = ++seq_;
   e.ts_us = wall_clock_us();
-  std::string body = proto::encode(e);
-  if (!send_multipart(socket_, {e.type, body}).ok()) ++dropped_;
+  held_.emplace_back(e.type, proto::encode(e));
+}
+
+void EventPublisher::flush() {
+  for (const auto& [type, body] : held_)
+    if (!send_multipart(socket_, {type, body}).ok()) ++dropped_;
+  held_.clear();
 }
 
 }  // namespace zf

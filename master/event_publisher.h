@@ -16,15 +16,21 @@ class EventPublisher {
  public:
   EventPublisher(zmq::context_t& ctx, const std::string& endpoint);
 
-  // Stamps seq and ts_us, then publishes as [type][EVENT message].
+  // Stamps seq and ts_us and holds the event until flush(): events go out
+  // only after the loop turn that made them is committed to the store.
   void publish(proto::Event e);
+  // Sends what publish() held, as [type][EVENT message].
+  void flush();
   uint64_t last_seq() const { return seq_; }
+  // After a restart: numbering goes on after the last number ever used.
+  void continue_after(uint64_t last_seq) { seq_ = last_seq; }
   std::string endpoint();
   uint64_t dropped() const { return dropped_; }
 
  private:
   zmq::socket_t socket_;
   uint64_t seq_ = 0;
+  std::vector<std::pair<std::string, std::string>> held_;  // (type, encoded EVENT)
   uint64_t dropped_ = 0;
 };
 

@@ -54,6 +54,13 @@ int main(int argc, char** argv) {
   std::string shutdown_grace = "10s";
   app.add_option("--shutdown-grace", shutdown_grace, "on SIGTERM, how long to wait for instances in flight")
       ->capture_default_str();
+  bool no_store = false;
+  std::string reconcile_grace = "3s", keep_history = "30d";
+  app.add_flag("--no-store", no_store, "keep everything in memory only (for benchmarks: nothing survives a restart)");
+  app.add_option("--reconcile-grace", reconcile_grace,
+                 "after a restart, how long workers have to report what they still run")
+      ->capture_default_str();
+  app.add_option("--keep-history", keep_history, "how long ended instances are kept")->capture_default_str();
   app.add_flag("--insecure", opt.insecure, "allow binding non-loopback addresses without keys");
   app.add_flag("-v,--verbose", verbose, "debug logging");
   CLI11_PARSE(app, argc, argv);
@@ -73,6 +80,16 @@ int main(int argc, char** argv) {
     return 64;
   }
   opt.shutdown_grace = *grace;
+  opt.store = !no_store;
+  for (auto [text, dst, flag] : {std::tuple{&reconcile_grace, &opt.reconcile_grace, "--reconcile-grace"},
+                                 std::tuple{&keep_history, &opt.keep_history, "--keep-history"}}) {
+    auto d = zf::parse_duration(*text);
+    if (!d.ok()) {
+      std::fprintf(stderr, "zforce-master: %s: %s\n", flag, d.error().message.c_str());
+      return 64;
+    }
+    *dst = *d;
+  }
   for (const auto* ep : {&opt.workers, &opt.api, &opt.events}) {
     if (!is_loopback_endpoint(*ep)) {
       if (!opt.insecure) {

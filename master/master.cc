@@ -11,7 +11,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/job_loader.h"
 #include "common/zmq_util.h"
+#include "master/persistence.h"
+#include "master/store.h"
 #include "worker/worker.h"
 
 namespace zf {
@@ -125,16 +128,72 @@ void Master::stop_local_worker() {
 
 // ---- members -----------------------------------------------------------------
 
+// Held in the outbox until the turn is committed (end_turn): a member must
+// never run an assignment, nor drop a result, that the store does not know.
 bool Master::send_to(Member& m, const proto::Message& msg) {
-  std::string bytes = proto::encode(msg);
-  auto s = send_multipart(*m.socket, {m.id, bytes});
-  if (!s.ok()) {
-    log::warn("cannot reach member '" + m.name + "': " + s.error().message);
-    member_event(m, MemberEvent::Unreachable);
-    return false;
-  }
+  outbox_.push_back({m.socket, m.id, proto::encode(msg), m.name});
   m.last_sent = Clock::now();
   return true;
+}
+
+std::shared_ptr<const std::string> Master::encode_steps(const std::vector<proto::StepSpec>& steps) const {
+  if (!store_) return nullptr;
+  return std::make_shared<const std::string>(steps_to_json(steps));
+}
+
+void Master::end_turn() {
+  if (store_) {
+    Status s;
+    for (uint64_t id : dirty_) {
+      auto it = instances_.find(id);
+      if (it == instances_.end()) continue;
+      Instance& inst = it->second;
+      if (s.ok()) s = store_->upsert_instance(to_record(inst));
+      for (size_t k = inst.persisted_transitions; k < inst.history.size() && s.ok(); ++k) {
+        const auto& t = inst.history[k];
+        s = store_->add_transition(id, {static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});
+      }
+      inst.persisted_transitions = inst.history.size();
+    }
+    // Only what changed: an idle loop turn must not cost a disk write.
+    if (s.ok() && next_instance_id_ != stored_next_id_) {
+      s = store_->set_next_instance_id(next_instance_id_);
+      stored_next_id_ = next_instance_id_;
+    }
+    if (s.ok() && events_->last_seq() != stored_event_seq_) {
+      s = store_->set_last_event_seq(events_->last_seq());
+      stored_event_seq_ = events_->last_seq();
+    }
+    if (s.ok() || store_->in_turn()) {
+      auto c = store_->commit_turn();
+      if (s.ok()) s = c;
+    }
+    if (!s.ok()) {
+      log::error("cannot commit to the store " + store_->path() + ": " + s.error().message +
+                 "; stopping without answering what was not stored");
+      fatal_ = true;
+      outbox_.clear();
+      return;
+    }
+  }
+  dirty_.clear();
+  events_->flush();
+  std::set<std::string> unreachable;
+  for (const auto& o : outbox_) {
+    auto s = send_multipart(*o.socket, {o.peer, o.bytes});
+    if (!s.ok() && !o.member.empty() && !unreachable.count(o.member)) {
+      log::warn("cannot reach member '" + o.member + "': " + s.error().message);
+      unreachable.insert(o.member);
+    }
+  }
+  outbox_.clear();
+  if (unreachable.empty()) return;
+  if (store_) store_->begin_turn();
+  for (const auto& name : unreachable) {
+    auto it = members_.find(name);
+    if (it != members_.end()) member_event(it->second, MemberEvent::Unreachable);
+  }
+  end_turn();
 }
 
 void Master::refuse(zmq::socket_t& s, const std::string& id, const std::string& reason) {
@@ -216,6 +275,7 @@ bool Master::retry_or_finish(Instance& inst, InstanceState outcome) {
     delay = std::min(delay, p.max_backoff);
   }
   if (delay.count() > 0) {
+    mark_dirty(inst);
     inst.retry_at = Clock::now() + delay;
     retries_.emplace(*inst.retry_at, inst.id);
     return true;
@@ -233,6 +293,7 @@ void Master::release_due_retries(Clock::time_point now) {
     auto it = instances_.find(id);
     if (it == instances_.end() || it->second.state != InstanceState::Queued || !it->second.retry_at) continue;
     it->second.retry_at.reset();
+    mark_dirty(it->second);
     if (auto s = sched_.submit(id, it->second.queue, it->second.priority); !s.ok())
       log::error("instance " + std::to_string(id) + " cannot be re-queued: " + s.error().message);
     dispatch_needed_ = true;
@@ -282,12 +343,35 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
   if (m.state == MemberState::Draining)  // a draining member that re-registers stays drained
     if (auto s = sched_.member_joined(m.name, m.local, 0); !s.ok()) log::error(s.error().message);
   send_to(m, proto::Welcome{static_cast<uint32_t>(opt_.heartbeat.count()), opt_.liveness});
-  // Instances it still runs that are not (or no longer) its own are stopped there.
+  // Instances it still runs that are not (or no longer) its own are stopped
+  // there. After a restart, the ones the store gave it are taken back.
+  std::set<uint64_t> reported;
   for (const auto& ri : r.running) {
+    reported.insert(ri.instance);
     auto iit = instances_.find(ri.instance);
     bool ours = iit != instances_.end() && iit->second.member == m.name && iit->second.attempt == ri.attempt &&
                 (iit->second.state == InstanceState::Assigned || iit->second.state == InstanceState::Running);
-    if (!ours) send_to(m, proto::Cancel{ri.instance, ri.attempt});
+    if (!ours) {
+      send_to(m, proto::Cancel{ri.instance, ri.attempt});
+      continue;
+    }
+    if (unconfirmed_.erase(ri.instance)) {
+      auto d = sched_.adopt(ri.instance, iit->second.queue, m.name);
+      if (!d.ok()) {
+        log::error("instance " + std::to_string(ri.instance) + " cannot be taken back: " + d.error().message);
+        continue;
+      }
+      iit->second.slot = d->slot;
+      m.in_flight.insert(ri.instance);
+      log::info("instance " + std::to_string(ri.instance) + " still runs on '" + m.name + "'; taken back");
+    }
+  }
+  std::vector<uint64_t> missing;
+  for (const auto& [id, member] : unconfirmed_)
+    if (member == m.name && !reported.count(id)) missing.push_back(id);
+  for (uint64_t id : missing) {
+    unconfirmed_.erase(id);
+    lose(instances_[id]);
   }
   dispatch_needed_ = true;
 }
@@ -359,7 +443,8 @@ void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
 // ---- instances ---------------------------------------------------------------
 
 uint64_t Master::create_instance(const Job& job, std::map<std::string, std::string> params,
-                                 std::shared_ptr<const std::vector<proto::StepSpec>> steps) {
+                                 std::shared_ptr<const std::vector<proto::StepSpec>> steps,
+                                 std::shared_ptr<const std::string> steps_json) {
   uint64_t id = next_instance_id_++;
   Instance& inst = instances_[id];
   inst.id = id;
@@ -369,8 +454,10 @@ uint64_t Master::create_instance(const Job& job, std::map<std::string, std::stri
   inst.retry = job.retry;
   inst.params = std::move(params);
   inst.steps = std::move(steps);
+  inst.steps_json = std::move(steps_json);
   inst.timeout_ms = job.timeout ? static_cast<uint64_t>(job.timeout->count()) : 0;
-  inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, ""});
+  mark_dirty(inst);
+  inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, "", std::nullopt});
   proto::Event ev;
   ev.type = "instance.queued";
   ev.instance = id;
@@ -392,7 +479,8 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
     return;
   }
   inst.state = *next;
-  inst.history.push_back({inst.state, wall_clock_us(), inst.attempt, inst.member});
+  inst.history.push_back({inst.state, wall_clock_us(), inst.attempt, inst.member, exit_code});
+  mark_dirty(inst);
   proto::Event ev;
   ev.type = "instance." + std::string(state_name(inst.state));
   ev.instance = inst.id;
@@ -554,12 +642,111 @@ Clock::time_point Master::next_wakeup(Clock::time_point now) const {
   if (auto d = sched_.next_deadline()) t = std::min(t, *d);
   if (!retries_.empty()) t = std::min(t, retries_.begin()->first);
   if (shutdown_deadline_) t = std::min(t, *shutdown_deadline_);
+  if (reconcile_deadline_) t = std::min(t, *reconcile_deadline_);
+  if (store_) t = std::min(t, next_prune_);
   if (auto d = triggers_.next_deadline()) {
     // Trigger times are wall-clock; the loop sleeps on the steady clock.
     auto until = *d - std::chrono::system_clock::now();
     t = std::min(t, now + std::chrono::duration_cast<Clock::duration>(std::max(until, decltype(until)::zero())));
   }
   return t;
+}
+
+// ---- durability --------------------------------------------------------------
+
+Status Master::restore() {
+  if (!opt_.store) {
+    log::info("no store (--no-store): everything stays in memory");
+    return {};
+  }
+  auto opened = Store::open(opt_.data_dir);
+  if (!opened.ok()) return opened.error();
+  store_ = std::move(opened.value());
+  auto loaded = store_->load();
+  if (!loaded.ok()) return loaded.error();
+  StoreContents& c = *loaded;
+  auto now = std::chrono::system_clock::now();
+  for (const auto& q : c.queues) {
+    auto cfg = parse_queue(q.text, q.source_name);
+    if (!cfg.ok()) return make_error("stored queue '" + q.name + "': " + cfg.error().message);
+    if (auto s = sched_.add_or_update_queue(*cfg); !s.ok()) return s.error();
+    queues_[cfg->name] = *cfg;
+    queue_sources_[cfg->name] = {q.source_name, q.text};
+  }
+  for (const auto& j : c.jobs) {
+    auto job = parse_job(j.text, j.source_name);
+    if (!job.ok()) return make_error("stored job '" + j.name + "': " + job.error().message);
+    if (job->local_queue) {
+      if (auto s = sched_.add_or_update_queue(*job->local_queue); !s.ok()) return s.error();
+      queues_[job->local_queue->name] = *job->local_queue;
+    }
+    if (!j.enabled) disabled_jobs_.insert(j.name);
+    jobs_[j.name] = std::move(job.value());
+    apply_job_triggers(jobs_[j.name]);
+    if (!j.enabled) triggers_.disable(j.name);
+    for (size_t i = 0; i < jobs_[j.name].triggers.size(); ++i) {
+      auto it = c.meta.find("trigger:" + j.name + ":" + std::to_string(i));
+      if (it == c.meta.end()) continue;
+      std::chrono::system_clock::time_point last{std::chrono::microseconds(std::stoll(it->second))};
+      triggers_.restore_last_fired(j.name, i, last, now);
+    }
+  }
+  size_t queued = 0;
+  for (const auto& rec : c.instances) {
+    auto inst = from_record(rec);
+    if (!inst.ok()) return make_error("stored instance " + std::to_string(rec.id) + ": " + inst.error().message);
+    uint64_t id = rec.id;
+    instances_[id] = std::move(inst.value());
+    Instance& i = instances_[id];
+    if (i.state == InstanceState::Queued) {
+      ++queued;
+      if (i.retry_at) retries_.emplace(*i.retry_at, id);
+      else if (auto s = sched_.submit(id, i.queue, i.priority); !s.ok())
+        log::error("stored instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
+    } else {
+      unconfirmed_[id] = i.member;
+    }
+  }
+  next_instance_id_ = std::max(next_instance_id_, c.next_instance_id);
+  events_->continue_after(c.last_event_seq);
+  stored_next_id_ = next_instance_id_;
+  stored_event_seq_ = c.last_event_seq;
+  if (!unconfirmed_.empty()) reconcile_deadline_ = Clock::now() + opt_.reconcile_grace;
+  next_prune_ = Clock::now() + std::chrono::seconds(10);
+  log::info("store " + store_->path() + ": " + std::to_string(jobs_.size()) + " jobs, " +
+            std::to_string(queues_.size() - 1) + " queues, " + std::to_string(queued) + " queued and " +
+            std::to_string(unconfirmed_.size()) + " assigned or running instances (waiting up to " +
+            format_duration(opt_.reconcile_grace) + " for their workers)");
+  dispatch_needed_ = true;
+  return {};
+}
+
+// Instances no worker reported within the grace after a restart are lost.
+void Master::expire_unconfirmed(Clock::time_point now) {
+  if (!reconcile_deadline_ || now < *reconcile_deadline_) return;
+  reconcile_deadline_.reset();
+  auto left = std::move(unconfirmed_);
+  unconfirmed_.clear();
+  for (const auto& [id, member] : left) {
+    log::warn("instance " + std::to_string(id) + " was on '" + member +
+              "' before the restart and nobody reported it: lost");
+    lose(instances_[id]);
+  }
+}
+
+void Master::prune(Clock::time_point now) {
+  if (!store_ || now < next_prune_) return;
+  next_prune_ = now + std::chrono::minutes(10);
+  int64_t cutoff = wall_clock_us() - std::chrono::duration_cast<std::chrono::microseconds>(opt_.keep_history).count();
+  auto n = store_->prune_history(cutoff, 10000);
+  if (!n.ok()) log::error("pruning history: " + n.error().message);
+  else if (*n > 0) {
+    log::info("pruned " + std::to_string(*n) + " instances older than " + format_duration(opt_.keep_history));
+    next_prune_ = now + std::chrono::seconds(1);  // more may be left: go on soon, in slices
+  }
+  std::erase_if(instances_, [&](const auto& kv) {
+    return is_terminal(kv.second.state) && !kv.second.history.empty() && kv.second.history.back().ts_us < cutoff;
+  });
 }
 
 // ---- triggers ----------------------------------------------------------------
@@ -579,8 +766,17 @@ void Master::forget_job_triggers(const std::string& job) {
 }
 
 void Master::fire_due_triggers() {
-  for (auto& f : triggers_.due(std::chrono::system_clock::now()))
+  for (auto& f : triggers_.due(std::chrono::system_clock::now())) {
     fire(f.job, f.trigger, f.params, f.catch_up ? "catch-up for missed firings" : "timer");
+    // Remembered so that a restart knows what it missed (on_missed).
+    if (store_)
+      if (auto s = store_->set_meta("trigger:" + f.job + ":" + std::to_string(f.trigger),
+                                    std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                       f.scheduled.time_since_epoch())
+                                                       .count()));
+          !s.ok())
+        log::error(s.error().message);
+  }
 }
 
 void Master::take_file_events() {
@@ -613,7 +809,8 @@ void Master::fire(const std::string& job, size_t trigger, const std::map<std::st
     return;
   }
   auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
-  uint64_t id = create_instance(it->second, std::move(resolved->params), std::move(steps));
+  auto steps_json = encode_steps(*steps);
+  uint64_t id = create_instance(it->second, std::move(resolved->params), std::move(steps), std::move(steps_json));
   ++counters_.trigger_fired;
   proto::Event ev;
   ev.type = "trigger.fired";
@@ -664,6 +861,10 @@ int Master::run() {
     return 1;
   }
   watcher_ = std::move(watcher.value());
+  if (auto s = restore(); !s.ok()) {
+    log::error(s.error().message);
+    return 1;
+  }
   start_local_worker();
   std::vector<zmq::pollitem_t> items;
   while (true) {
@@ -678,6 +879,7 @@ int Master::run() {
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
     if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
     zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
+    if (store_) store_->begin_turn();  // everything this turn changes commits together
     if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) {
       char buf[128];
       ssize_t n = ::read(opt_.stop_fd, buf, sizeof buf);
@@ -693,9 +895,14 @@ int Master::run() {
     auto after = Clock::now();
     on_timer(after);
     release_due_retries(after);
-    if (shutdown_deadline_ && (in_flight_total() == 0 || after >= *shutdown_deadline_)) break;
+    expire_unconfirmed(after);
+    prune(after);
+
     if (auto d = sched_.next_deadline(); d && *d <= after) dispatch_needed_ = true;
     if (dispatch_needed_) dispatch();
+    end_turn();
+    if (fatal_) return 1;
+    if (shutdown_deadline_ && (in_flight_total() == 0 || after >= *shutdown_deadline_)) break;
   }
   shut_down();
   return 0;

@@ -48,6 +48,11 @@ struct MasterOptions {
   Millis shutdown_grace{10000};
   bool insecure = false;
   int stop_fd = -1;  // readable when the master must stop
+  bool store = true;  // false: everything in memory (benchmarks)
+  // After a restart, how long workers have to report the instances they still
+  // run before those become lost.
+  Millis reconcile_grace{3000};
+  Millis keep_history{30LL * 24 * 3600 * 1000};
 };
 
 // A cluster member (a remote worker or the master's local slots).
@@ -73,6 +78,7 @@ struct Transition {
   int64_t ts_us;
   uint32_t attempt;
   std::string member;
+  std::optional<int32_t> exit_code;
 };
 
 struct Instance {
@@ -84,6 +90,7 @@ struct Instance {
   InstanceState state = InstanceState::Queued;
   std::map<std::string, std::string> params;
   std::shared_ptr<const std::vector<proto::StepSpec>> steps;
+  std::shared_ptr<const std::string> steps_json;  // the same, encoded once for the store
   uint64_t timeout_ms = 0;
   std::string member;
   int slot = -1;
@@ -96,6 +103,7 @@ struct Instance {
   RetryPolicy retry;
   std::optional<Clock::time_point> retry_at;  // queued, waiting out its backoff
   std::vector<Transition> history;
+  size_t persisted_transitions = 0;  // history entries already in the store
 };
 
 // A client waiting (api op `wait`) for instances to end.
@@ -150,7 +158,9 @@ class Master {
 
   // --- instances
   uint64_t create_instance(const Job& job, std::map<std::string, std::string> params,
-                           std::shared_ptr<const std::vector<proto::StepSpec>> steps);
+                           std::shared_ptr<const std::vector<proto::StepSpec>> steps,
+                           std::shared_ptr<const std::string> steps_json);
+  std::shared_ptr<const std::string> encode_steps(const std::vector<proto::StepSpec>& steps) const;
   void transition(Instance& inst, InstanceEvent e, std::optional<int32_t> exit_code = std::nullopt);
   void on_started(Member& m, const proto::Started& s);
   void on_finished(Member& m, const proto::Finished& f);
@@ -161,6 +171,15 @@ class Master {
   bool retry_or_finish(Instance& inst, InstanceState outcome);
   void release_due_retries(Clock::time_point now);
   void begin_shutdown(Clock::time_point now);
+  // --- durability (see docs/durability.md)
+  Status restore();
+  void mark_dirty(const Instance& inst) { dirty_.insert(inst.id); }
+  // Commits what this loop turn changed, then lets its replies, messages and
+  // events go out. A master that cannot commit stops (exit 1): it must not
+  // answer what it could not store.
+  void end_turn();
+  void expire_unconfirmed(Clock::time_point now);
+  void prune(Clock::time_point now);
   // --- triggers
   void fire_due_triggers();
   void take_file_events();
@@ -216,6 +235,23 @@ class Master {
   QueueScheduler sched_;
   uint64_t next_instance_id_ = 1;
   std::multimap<Clock::time_point, uint64_t> retries_;  // backoff timers
+  std::unique_ptr<class Store> store_;
+  std::set<uint64_t> dirty_;  // instances changed in this loop turn
+  // Messages to members and clients, sent after the turn is committed.
+  struct Outgoing {
+    zmq::socket_t* socket;
+    std::string peer;
+    std::string bytes;
+    std::string member;  // non-empty: a member, lost if the send fails
+  };
+  std::vector<Outgoing> outbox_;
+  // After a restart: instances the store says were assigned or running, by
+  // id -> member, until their member reports them or the grace ends.
+  std::map<uint64_t, std::string> unconfirmed_;
+  std::optional<Clock::time_point> reconcile_deadline_;
+  Clock::time_point next_prune_{};
+  uint64_t stored_next_id_ = 0, stored_event_seq_ = 0;  // last values written to the store
+  std::map<std::string, std::pair<std::string, std::string>> queue_sources_;  // name -> (source, text)
   TriggerScheduler triggers_;
   std::unique_ptr<FileWatcher> watcher_;
   std::set<std::string> disabled_jobs_;
@@ -224,6 +260,7 @@ class Master {
   Counters counters_;
   log::RateLimit bad_traffic_log_{10, std::chrono::seconds(10)};
   bool dispatch_needed_ = false;
+  bool fatal_ = false;  // the store failed: stop without answering
   std::optional<Clock::time_point> shutdown_deadline_;  // set on the first SIGTERM
 };
 

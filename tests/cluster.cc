@@ -83,9 +83,22 @@ std::string Cluster::log_of(const std::string& name) const {
 }
 
 void Cluster::start_master(std::vector<std::string> extra) {
-  std::vector<std::string> argv = {bin("ZF_MASTER_BIN"), "--data", dir_ + "/master", "--workers",
-                                   "tcp://127.0.0.1:*", "--api", "tcp://127.0.0.1:*", "--events",
-                                   "tcp://127.0.0.1:*"};
+  launch_master("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", std::move(extra));
+}
+
+void Cluster::restart_master(std::vector<std::string> extra) {
+  launch_master(workers_, api_, events_ep_, std::move(extra));
+}
+
+void Cluster::kill_master() {
+  signal(master_pid_, SIGKILL);
+  REQUIRE(wait_exit(master_pid_, 10s) != -1);
+}
+
+void Cluster::launch_master(const std::string& workers, const std::string& api, const std::string& events,
+                            std::vector<std::string> extra) {
+  std::vector<std::string> argv = {bin("ZF_MASTER_BIN"), "--data", dir_ + "/master", "--workers", workers,
+                                   "--api", api, "--events", events};
   bool has_local = false;
   for (const auto& e : extra) has_local = has_local || e == "--local-slots";
   if (!has_local) argv.insert(argv.end(), {"--local-slots", "0"});

@@ -37,6 +37,10 @@ class Cluster {
 
   // Starts the master (ports chosen by the kernel) and waits for its endpoints.
   void start_master(std::vector<std::string> extra = {});
+  // Starts the master again on the same data folder and the same endpoints
+  // (after kill_master or its own exit), so workers and the tap reconnect.
+  void restart_master(std::vector<std::string> extra = {});
+  void kill_master();
   pid_t start_worker(const std::string& name, int slots, std::vector<std::string> extra = {});
   // Spawns any program with stdout/stderr into files under the temp folder.
   pid_t spawn(const std::vector<std::string>& argv, const std::string& log_name);
@@ -68,6 +72,8 @@ class Cluster {
 
  private:
   void pump(std::chrono::milliseconds max_wait);
+  void launch_master(const std::string& workers, const std::string& api, const std::string& events,
+                     std::vector<std::string> extra);
 
   std::string dir_;
   std::string api_, workers_, events_ep_;

@@ -1,0 +1,125 @@
+#include "master/persistence.h"
+
+#include <nlohmann/json.hpp>
+
+#include "master/event_publisher.h"
+#include "master/master.h"
+
+namespace zf {
+
+using json = nlohmann::json;
+
+std::string steps_to_json(const std::vector<proto::StepSpec>& steps) {
+  json a = json::array();
+  for (const auto& s : steps)
+    a.push_back({{"name", s.name},   {"kind", s.kind}, {"argv", s.argv}, {"builtin", s.builtin},
+                 {"args", s.args},   {"env", s.env},   {"cwd", s.cwd},   {"timeout_ms", s.timeout_ms}});
+  return a.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Result<std::vector<proto::StepSpec>> steps_from_json(const std::string& text) {
+  try {
+    std::vector<proto::StepSpec> out;
+    for (const auto& j : json::parse(text)) {
+      proto::StepSpec s;
+      s.name = j.at("name");
+      s.kind = j.at("kind");
+      s.argv = j.at("argv").get<std::vector<std::string>>();
+      s.builtin = j.at("builtin");
+      s.args = j.at("args").get<std::map<std::string, std::string>>();
+      s.env = j.at("env").get<std::map<std::string, std::string>>();
+      s.cwd = j.at("cwd");
+      s.timeout_ms = j.at("timeout_ms");
+      out.push_back(std::move(s));
+    }
+    return out;
+  } catch (const json::exception& e) {
+    return make_error(std::string("stored steps are unreadable: ") + e.what());
+  }
+}
+
+std::string retry_to_json(const RetryPolicy& r) {
+  return json{{"attempts", r.attempts},       {"backoff_ms", r.backoff.count()}, {"max_backoff_ms", r.max_backoff.count()},
+              {"on_failed", r.on_failed},     {"on_timed_out", r.on_timed_out},  {"on_lost", r.on_lost}}
+      .dump();
+}
+
+Result<RetryPolicy> retry_from_json(const std::string& text) {
+  RetryPolicy r;
+  if (text.empty()) return r;
+  try {
+    json j = json::parse(text);
+    r.attempts = j.at("attempts");
+    r.backoff = Millis(j.at("backoff_ms").get<int64_t>());
+    r.max_backoff = Millis(j.at("max_backoff_ms").get<int64_t>());
+    r.on_failed = j.at("on_failed");
+    r.on_timed_out = j.at("on_timed_out");
+    r.on_lost = j.at("on_lost");
+    return r;
+  } catch (const json::exception& e) {
+    return make_error(std::string("stored retry policy is unreadable: ") + e.what());
+  }
+}
+
+InstanceRecord to_record(const Instance& inst) {
+  InstanceRecord r;
+  r.id = inst.id;
+  r.job = inst.job;
+  r.queue = inst.queue;
+  r.priority = inst.priority;
+  r.attempt = inst.attempt;
+  r.state = inst.state;
+  r.params = inst.params;
+  r.steps_json = inst.steps_json ? *inst.steps_json : steps_to_json(*inst.steps);
+  r.retry_json = retry_to_json(inst.retry);
+  r.timeout_ms = inst.timeout_ms;
+  r.member = inst.member;
+  r.slot = inst.slot;
+  r.exit_code = inst.exit_code;
+  r.failed_step = inst.failed_step;
+  r.duration_ms = inst.duration_ms;
+  r.error = inst.error;
+  r.output = inst.output;
+  r.created_us = inst.history.empty() ? 0 : inst.history.front().ts_us;
+  r.updated_us = inst.history.empty() ? 0 : inst.history.back().ts_us;
+  r.cancel_requested = inst.cancel_requested;
+  if (inst.retry_at)
+    r.retry_at_us = wall_clock_us() + std::chrono::duration_cast<std::chrono::microseconds>(
+                                          *inst.retry_at - std::chrono::steady_clock::now())
+                                          .count();
+  return r;
+}
+
+Result<Instance> from_record(const InstanceRecord& r) {
+  Instance inst;
+  inst.id = r.id;
+  inst.job = r.job;
+  inst.queue = r.queue;
+  inst.priority = r.priority;
+  inst.attempt = r.attempt;
+  inst.state = r.state;
+  inst.params = r.params;
+  auto steps = steps_from_json(r.steps_json);
+  if (!steps.ok()) return steps.error();
+  inst.steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(*steps));
+  inst.steps_json = std::make_shared<const std::string>(r.steps_json);
+  auto retry = retry_from_json(r.retry_json);
+  if (!retry.ok()) return retry.error();
+  inst.retry = *retry;
+  inst.timeout_ms = r.timeout_ms;
+  inst.member = r.member;
+  inst.slot = r.slot;
+  inst.exit_code = r.exit_code;
+  inst.failed_step = r.failed_step;
+  inst.duration_ms = r.duration_ms;
+  inst.error = r.error;
+  inst.output = r.output;
+  inst.cancel_requested = r.cancel_requested;
+  if (r.retry_at_us)
+    inst.retry_at = std::chrono::steady_clock::now() + std::chrono::microseconds(*r.retry_at_us - wall_clock_us());
+  for (const auto& t : r.history) inst.history.push_back({t.state, t.ts_us, t.attempt, t.member, t.exit_code});
+  inst.persisted_transitions = inst.history.size();
+  return inst;
+}
+
+}  // namespace zf

@@ -1,0 +1,29 @@
+// Conversions between the master's in-memory records and what the store
+// keeps (master/store.h): resolved steps and retry policies as JSON text,
+// Instance <-> InstanceRecord. No I/O here.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/job.h"
+#include "common/protocol.h"
+#include "common/result.h"
+#include "master/store.h"
+
+namespace zf {
+
+struct Instance;
+
+std::string steps_to_json(const std::vector<proto::StepSpec>& steps);
+Result<std::vector<proto::StepSpec>> steps_from_json(const std::string& text);
+std::string retry_to_json(const RetryPolicy& r);
+Result<RetryPolicy> retry_from_json(const std::string& text);
+
+// History entries from `first` on are in record.history (the store writes
+// them with add_transition).
+InstanceRecord to_record(const Instance& inst);
+Result<Instance> from_record(const InstanceRecord& rec);
+
+}  // namespace zf

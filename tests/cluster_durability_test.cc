@@ -1,0 +1,267 @@
+// The durable master: restarts after SIGKILL lose nothing that was
+// acknowledged, run nothing twice while its first run is alive, and keep
+// history and sequence numbers; a foreign database file is refused untouched.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/cluster.h"
+
+using namespace zf::test;
+
+namespace {
+
+json parse_ok(const CmdResult& r) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit_code == 0);
+  return json::parse(r.out);
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Runs the sqlite3 shell on the store (read-only) and returns its rows.
+std::vector<std::string> sql(Cluster& c, const std::string& query) {
+  std::string db = c.dir() + "/master/zforce.db";
+  pid_t p = c.spawn({"/usr/bin/sqlite3", "-readonly", db, query}, "sqlite");
+  REQUIRE(c.wait_exit(p, 60s) != -1);
+  std::istringstream in(read_all(c.dir() + "/sqlite.out"));
+  std::vector<std::string> rows;
+  std::string line;
+  while (std::getline(in, line)) rows.push_back(line);
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("after SIGKILL and a restart, jobs, queues and queued instances are back in order, with the history") {
+  Cluster c;
+  c.start_master();  // no members: instances stay queued
+  c.connect_tap();
+  auto q = c.write_file("q.toml", "name = \"q\"\nmax_parallel = 2\n");
+  auto j = c.write_file("j.toml", "name = \"j\"\nqueue = \"q\"\n[params.n]\n[[steps]]\nrun = [\"echo\", \"{{n}}\"]\n");
+  REQUIRE(c.zforce({"queue", "put", q}).exit_code == 0);
+  REQUIRE(c.zforce({"job", "put", j}).exit_code == 0);
+  for (int i = 1; i <= 5; ++i) REQUIRE(c.zforce({"run", "j", "-p", "n=" + std::to_string(i)}).exit_code == 0);
+  REQUIRE(c.zforce({"job", "disable", "j"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.queued") == 5; }, 5s));
+  uint64_t last_seq = c.events().back()["seq"];
+
+  c.kill_master();
+  c.restart_master();
+  c.connect_tap();  // PUB/SUB: wait until the tap is live again before anything runs
+  c.start_worker("w1", 1);
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 5; }, 15s));
+  // Sequence numbers went on from where they were.
+  for (const auto& e : c.events())
+    if (e["type"] == "instance.succeeded") CHECK(e["seq"].get<uint64_t>() > last_seq);
+  // FIFO kept: they ran in the order they were submitted (one at a time on w1's one slot).
+  std::vector<uint64_t> order;
+  for (const auto& e : c.events())
+    if (e["type"] == "instance.running") order.push_back(e["instance"]);
+  CHECK(order == std::vector<uint64_t>{1, 2, 3, 4, 5});
+  auto show = parse_ok(c.zforce({"--json", "job", "show", "j"}));
+  CHECK(show["queue"] == "q");
+  CHECK(show["enabled"] == false);
+  CHECK(parse_ok(c.zforce({"--json", "queue", "show", "q"}))["max_parallel"] == 2);
+
+  // History is browsable after another restart.
+  c.kill_master();
+  c.restart_master();
+  auto inst = parse_ok(c.zforce({"--json", "instance", "show", "3"}));
+  CHECK(inst["state"] == "succeeded");
+  CHECK(inst["output"] == "3\n");
+  CHECK(inst["history"].size() == 4);
+  CHECK(parse_ok(c.zforce({"--json", "instances", "--limit", "0"}))["instances"].size() == 5);
+  auto next = c.zforce({"run", "j", "-p", "n=6"});
+  CHECK(next.out == "6\n");  // ids are never reused
+}
+
+TEST_CASE("a foreign or corrupt database file is refused at start-up and not touched") {
+  Cluster c;
+  std::filesystem::create_directories(c.dir() + "/master");
+  std::string db = c.dir() + "/master/zforce.db";
+  {
+    std::ofstream out(db, std::ios::binary);
+    out << "this is not a database, it is somebody's notes\n";
+  }
+  std::string before = read_all(db);
+  struct stat st_before {};
+  REQUIRE(::stat(db.c_str(), &st_before) == 0);
+  pid_t m = c.spawn({bin("ZF_MASTER_BIN"), "--data", c.dir() + "/master", "--local-slots", "0", "--workers",
+                     "tcp://127.0.0.1:*", "--api", "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*"},
+                    "corrupt");
+  int st = c.wait_exit(m, 10s);
+  REQUIRE(st != -1);
+  CHECK(WEXITSTATUS(st) == 1);
+  std::string log = c.log_of("corrupt");
+  CHECK(log.find(db) != std::string::npos);
+  CHECK(log.find("not") != std::string::npos);
+  CHECK(read_all(db) == before);
+  struct stat st_after {};
+  REQUIRE(::stat(db.c_str(), &st_after) == 0);
+  CHECK(st_after.st_mtim.tv_sec == st_before.st_mtim.tv_sec);
+  CHECK(st_after.st_mtim.tv_nsec == st_before.st_mtim.tv_nsec);
+}
+
+TEST_CASE("a worker killed while the master is down: its instances end lost or retried, never stuck") {
+  Cluster c;
+  c.start_master({"--reconcile-grace", "1s"});
+  c.connect_tap();
+  pid_t w1 = c.start_worker("w1", 2);
+  REQUIRE(c.wait_for([&] { return c.count("member.joined") >= 1; }, 10s));
+  auto retried = c.write_file("r.toml", "name = \"r\"\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"2s\"\n");
+  auto once = c.write_file("o.toml", "name = \"o\"\n[retry]\nattempts = 1\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"2s\"\n");
+  REQUIRE(c.zforce({"job", "put", retried, once}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "r"}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "o"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.running") == 2; }, 5s));
+  c.kill_master();
+  c.signal(w1, SIGKILL);
+  c.wait_exit(w1, 5s);
+  c.restart_master({"--reconcile-grace", "1s"});
+  c.start_worker("w2", 2);
+  // r is lost and runs again on w2; o allows one attempt and ends lost.
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 1; }, 15s));
+  CHECK(parse_ok(c.zforce({"--json", "instance", "show", "1"}))["state"] == "succeeded");
+  CHECK(parse_ok(c.zforce({"--json", "instance", "show", "1"}))["attempt"] == 2);
+  CHECK(parse_ok(c.zforce({"--json", "instance", "show", "2"}))["state"] == "lost");
+}
+
+TEST_CASE("SIGKILL of the master 20 times while 2,000 instances are submitted and run") {
+  Cluster c;
+  const std::string grace = "5s";
+  c.start_master({"--reconcile-grace", grace});
+  c.connect_tap();
+  c.start_worker("w1", 4);
+  c.start_worker("w2", 4);
+  std::string runs = c.dir() + "/runs.log";
+  // Each attempt appends its start and end (one small O_APPEND write each).
+  auto job = c.write_file("work.toml", "name = \"work\"\n[params.ms]\n[retry]\nattempts = 100\non = [\"lost\"]\n"
+                                       "[[steps]]\nrun = [\"sh\", \"-c\", \"echo start $ZFORCE_INSTANCE $ZFORCE_ATTEMPT "
+                                       "$(date +%s%N) >> " + runs + "; sleep 0.0$1; echo end $ZFORCE_INSTANCE "
+                                       "$ZFORCE_ATTEMPT $(date +%s%N) >> " + runs + "\", \"sh\", \"{{ms}}\"]\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+
+  std::mt19937 rng(99);
+  std::set<uint64_t> acknowledged;
+  int kills = 0, batches = 0;
+  auto next_kill = std::chrono::steady_clock::now() + std::chrono::milliseconds(300 + rng() % 700);
+  auto deadline = std::chrono::steady_clock::now() + 240s;
+  while ((batches < 200 || kills < 20) && std::chrono::steady_clock::now() < deadline) {
+    if (batches < 200) {
+      auto r = c.zforce({"--json", "--timeout", "2s", "run", "work", "-p",
+                         "ms=" + std::to_string(10 + rng() % 90), "--count", "10"});
+      if (r.exit_code == 0) {  // acknowledged: it must not be lost
+        json reply = json::parse(r.out);
+        for (const auto& id : reply["instances"]) acknowledged.insert(id.get<uint64_t>());
+        ++batches;
+      }
+    } else {
+      std::this_thread::sleep_for(50ms);
+    }
+    if (std::chrono::steady_clock::now() >= next_kill && kills < 20) {
+      c.kill_master();
+      c.restart_master({"--reconcile-grace", grace});
+      ++kills;
+      next_kill = std::chrono::steady_clock::now() + std::chrono::milliseconds(300 + rng() % 700);
+    }
+  }
+  REQUIRE(kills == 20);
+  REQUIRE(acknowledged.size() == 2000);
+
+  // Every acknowledged instance reaches a final state.
+  json all;
+  for (int i = 0; i < 120; ++i) {
+    auto r = c.zforce({"--json", "instances", "--limit", "0"});
+    if (r.exit_code == 0) {
+      all = json::parse(r.out)["instances"];
+      size_t final_count = 0;
+      for (const auto& inst : all)
+        if (inst["state"] != "queued" && inst["state"] != "assigned" && inst["state"] != "running") ++final_count;
+      if (final_count == acknowledged.size()) break;
+    }
+    std::this_thread::sleep_for(1s);
+  }
+  std::map<uint64_t, std::string> state;
+  for (const auto& inst : all) state[inst["id"]] = inst["state"];
+  int missing = 0, not_succeeded = 0;
+  for (uint64_t id : acknowledged) {
+    if (!state.count(id)) ++missing;
+    else if (state[id] != "succeeded") ++not_succeeded;
+  }
+  CHECK(missing == 0);
+  CHECK(not_succeeded == 0);
+  MESSAGE(kills << " master kills; " << acknowledged.size() << " acknowledged instances");
+
+  // No instance ran twice while its first run was alive: per instance, the
+  // attempts' [start, end] intervals do not overlap.
+  std::map<uint64_t, std::vector<std::pair<long long, long long>>> spans;
+  std::map<std::pair<uint64_t, int>, long long> started;
+  std::istringstream log(read_all(runs));
+  std::string word;
+  uint64_t id;
+  int attempt;
+  long long ns;
+  while (log >> word >> id >> attempt >> ns) {
+    if (word == "start") started[{id, attempt}] = ns;
+    else if (started.count({id, attempt})) spans[id].push_back({started[{id, attempt}], ns});
+  }
+  int overlaps = 0;
+  for (auto& [i, v] : spans) {
+    std::sort(v.begin(), v.end());
+    for (size_t k = 1; k < v.size(); ++k) overlaps += v[k].first < v[k - 1].second;
+  }
+  CHECK(overlaps == 0);
+
+  // The stored transitions of each instance are in order: times never go
+  // back and each step is one the state machine allows.
+  c.kill_master();
+  auto rows = sql(c, "SELECT instance, seq, state, ts_us FROM transitions ORDER BY instance, seq;");
+  std::map<std::string, std::set<std::string>> allowed = {
+      {"queued", {"assigned", "cancelled"}},
+      {"assigned", {"running", "succeeded", "failed", "timed_out", "cancelled", "lost"}},
+      {"running", {"succeeded", "failed", "timed_out", "cancelled", "lost"}},
+      {"lost", {"queued"}}, {"failed", {"queued"}}, {"timed_out", {"queued"}}};
+  int bad = 0;
+  std::string prev_inst, prev_state;
+  long long prev_ts = 0;
+  std::map<std::string, std::string> last_state;
+  for (const auto& row : rows) {
+    std::istringstream in(row);
+    std::string inst, seq, st, ts;
+    std::getline(in, inst, '|');
+    std::getline(in, seq, '|');
+    std::getline(in, st, '|');
+    std::getline(in, ts, '|');
+    if (inst == prev_inst) {
+      if (!allowed[prev_state].count(st) || std::stoll(ts) < prev_ts) ++bad;
+    } else if (st != "queued") {
+      ++bad;
+    }
+    prev_inst = inst;
+    prev_state = st;
+    prev_ts = std::stoll(ts);
+    last_state[inst] = st;
+  }
+  CHECK(bad == 0);
+  // Every acknowledged instance is in the store and its last stored state is succeeded.
+  CHECK(last_state.size() == acknowledged.size());
+  int unfinished = 0;
+  for (const auto& [inst, st] : last_state) unfinished += st != "succeeded";
+  CHECK(unfinished == 0);
+}

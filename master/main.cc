@@ -55,6 +55,11 @@ int main(int argc, char** argv) {
   app.add_option("--shutdown-grace", shutdown_grace, "on SIGTERM, how long to wait for instances in flight")
       ->capture_default_str();
   bool no_store = false;
+  std::string sync = "full";
+  app.add_option("--sync", sync,
+                 "full: fsync every commit (survives power loss); normal: survives a killed process, not power loss")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"full", "normal"}));
   std::string reconcile_grace = "3s", keep_history = "30d";
   app.add_flag("--no-store", no_store, "keep everything in memory only (for benchmarks: nothing survives a restart)");
   app.add_option("--reconcile-grace", reconcile_grace,
@@ -81,6 +86,7 @@ int main(int argc, char** argv) {
   }
   opt.shutdown_grace = *grace;
   opt.store = !no_store;
+  opt.sync_full = sync == "full";
   for (auto [text, dst, flag] : {std::tuple{&reconcile_grace, &opt.reconcile_grace, "--reconcile-grace"},
                                  std::tuple{&keep_history, &opt.keep_history, "--keep-history"}}) {
     auto d = zf::parse_duration(*text);

@@ -659,7 +659,9 @@ Status Master::restore() {
     log::info("no store (--no-store): everything stays in memory");
     return {};
   }
-  auto opened = Store::open(opt_.data_dir);
+  StoreOptions so;
+  so.sync = opt_.sync_full ? StoreOptions::Sync::Full : StoreOptions::Sync::Normal;
+  auto opened = Store::open(opt_.data_dir, so);
   if (!opened.ok()) return opened.error();
   store_ = std::move(opened.value());
   auto loaded = store_->load();

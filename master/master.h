@@ -49,6 +49,9 @@ struct MasterOptions {
   bool insecure = false;
   int stop_fd = -1;  // readable when the master must stop
   bool store = true;  // false: everything in memory (benchmarks)
+  // full: every commit is fsynced (survives power loss); normal: a commit
+  // survives the process being killed, the last ones may be lost on power loss.
+  bool sync_full = true;
   // After a restart, how long workers have to report the instances they still
   // run before those become lost.
   Millis reconcile_grace{3000};

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Instances per second with the durable store on, against the store off
+# (--no-store, everything in memory), in the same run: master + 2 workers,
+# builtin noop instances submitted in one batch and waited for. Median of 3
+# runs each, alternating. Usage: scripts/bench-store.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+B=${ZFORCE_BUILD:-build}
+N=20000
+[ "${1:-}" = "--quick" ] && N=5000
+RUNS=3
+SLOTS=${BENCH_SLOTS:-2}  # per worker
+tmp=$(mktemp -d /tmp/zforce-bench-store.XXXXXX)
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop_all; rm -rf "$tmp"' EXIT
+now() { date +%s.%N; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# one_run MODE: prints instances/s for N noop instances on a fresh cluster.
+one_run() {
+  local dir="$tmp/$1-$RANDOM" extra=()
+  [ "$1" = off ] && extra=(--no-store)
+  [ "$1" = normal ] && extra=(--sync normal)
+  "$B/master/zforce-master" --data "$dir" --local-slots 0 "${extra[@]}" \
+    --workers 'tcp://127.0.0.1:*' --api 'tcp://127.0.0.1:*' --events 'tcp://127.0.0.1:*' 2>"$dir.log" &
+  pids+=($!)
+  for _ in $(seq 200); do [ -s "$dir/endpoints.json" ] && break; sleep 0.05; done
+  ep() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" "$dir/endpoints.json"; }
+  local api workers
+  api=$(ep api) workers=$(ep workers)
+  for w in w1 w2; do
+    "$B/worker/zforce-worker" --master "$workers" --name "$w" --slots "$SLOTS" 2>/dev/null &
+    pids+=($!)
+  done
+  printf 'name = "noop"\n[[steps]]\nbuiltin = "noop"\n' >"$dir.toml"
+  "$B/client/zforce" --api "$api" job put "$dir.toml" >/dev/null
+  for _ in $(seq 200); do
+    [ "$("$B/client/zforce" --api "$api" --json workers | grep -o '"state":"active"' | wc -l)" -ge 2 ] && break
+    sleep 0.05
+  done
+  local t0 t1
+  t0=$(now)
+  "$B/client/zforce" --api "$api" run noop --count "$N" --wait >/dev/null
+  t1=$(now)
+  stop_all
+  awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }'
+}
+
+on=() normal=() off=()
+for r in $(seq "$RUNS"); do
+  off+=("$(one_run off)")
+  on+=("$(one_run on)")
+  normal+=("$(one_run normal)")
+  echo "# run $r: store on (--sync full) ${on[-1]}/s, store on (--sync normal) ${normal[-1]}/s, store off ${off[-1]}/s ($N noop instances, 2 workers x $SLOTS slots, build $B)"
+done
+m_on=$(median "${on[@]}") m_normal=$(median "${normal[@]}") m_off=$(median "${off[@]}")
+echo "store_on_sync_full_per_s: $m_on"
+echo "store_on_sync_normal_per_s: $m_normal"
+echo "store_off_per_s: $m_off"
+echo "store_cost_sync_full_pct: $(awk -v a="$m_on" -v b="$m_off" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')"
+echo "store_cost_sync_normal_pct: $(awk -v a="$m_normal" -v b="$m_off" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')"

@@ -65,6 +65,7 @@ struct Job {
   std::optional<QueueConfig> local_queue;
   int priority = 0;  // higher first within its queue
   RetryPolicy retry;
+  std::vector<std::string> requires_tags;  // `requires`: run only on members with every tag
   std::vector<TriggerSpec> triggers;  // [[triggers]], by index
   std::string source_name;        // file the job came from (for messages)
   std::string source_text;        // the TOML as given, kept for `job show`

@@ -15,7 +15,6 @@ namespace {
 // Keys reserved for step kinds the format will grow (see schemas/job-format.md),
 // so that files written for a later version fail clearly rather than oddly.
 const std::set<std::string_view> kPlannedStepKinds = {"choose", "for_each", "try", "call"};
-const std::set<std::string_view> kPlannedJobKeys = {"requires"};
 
 // Builds "file:line:col: field 'path': what" messages for one job file.
 class Context {
@@ -320,6 +319,15 @@ Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) 
       } else {
         return cx.at(&v, key, "expected a queue name or a [queue] table");
       }
+    } else if (key == "requires") {
+      const auto* arr = v.as_array();
+      if (!arr) return cx.at(&v, key, "expected a list of worker tags");
+      for (size_t i = 0; i < arr->size(); ++i) {
+        auto t = get_string(cx, *arr->get(i), "requires[" + std::to_string(i) + "]");
+        if (!t.ok()) return t.error();
+        if (t->empty()) return cx.at(arr->get(i), "requires[" + std::to_string(i) + "]", "a tag is not empty");
+        job.requires_tags.push_back(*t);
+      }
     } else if (key == "triggers") {
       auto t = parse_triggers(v, source_name);
       if (!t.ok()) return t.error();
@@ -359,10 +367,8 @@ Result<Job> parse_job(std::string_view toml_text, std::string_view source_name) 
       auto n = get_int(cx, v, key, -1000000, 1000000);
       if (!n.ok()) return n.error();
       job.priority = *n;
-    } else if (kPlannedJobKeys.count(key)) {
-      return cx.at(&v, key, "is planned but not supported by this version");
     } else {
-      return cx.at(&v, key, "unknown field (allowed: name, description, timeout, queue, priority, retry, params, steps)");
+      return cx.at(&v, key, "unknown field (allowed: name, description, timeout, queue, priority, retry, requires, triggers, params, steps)");
     }
   }
 

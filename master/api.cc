@@ -200,7 +200,7 @@ nlohmann::json Master::api_job_show(const nlohmann::json& args) {
   nlohmann::json out = {{"name", j.name},     {"description", j.description}, {"params", params},
                         {"steps", steps},     {"source", j.source_name},       {"text", j.source_text},
                         {"queue", queue_of(j)}, {"priority", j.priority},
-                        {"enabled", !disabled_jobs_.count(j.name)}};
+                        {"enabled", !disabled_jobs_.count(j.name)}, {"requires", j.requires_tags}};
   nlohmann::json triggers = nlohmann::json::array();
   auto next = triggers_.next_fire_times(j.name);
   for (size_t i = 0; i < j.triggers.size(); ++i) {
@@ -432,7 +432,7 @@ nlohmann::json Master::api_worker_drain(const nlohmann::json& args) {
   if (it == members_.end() || !is_present(it->second.state)) throw ApiError{"no member named '" + name + "' is connected"};
   Member& m = it->second;
   if (m.state == MemberState::Draining) return {{"member", name}, {"state", "draining"}, {"in_flight", m.in_flight.size()}};
-  if (auto s = sched_.member_joined(m.name, m.local, 0); !s.ok()) throw ApiError{s.error().message};
+  if (auto s = sched_.member_joined(m.name, m.local, 0, m.tags); !s.ok()) throw ApiError{s.error().message};
   member_event(m, MemberEvent::Drain);
   send_to(m, proto::Drain{"drain requested by an operator"});
   return {{"member", name}, {"state", "draining"}, {"in_flight", m.in_flight.size()}};

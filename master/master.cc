@@ -220,7 +220,7 @@ void Master::member_event(Member& m, MemberEvent e) {
     events_->publish(ev);
     release_member_instances(m);
   } else if (m.state == MemberState::Active && !is_present(before)) {
-    if (auto s = sched_.member_joined(m.name, m.local, static_cast<int>(m.slots)); !s.ok())
+    if (auto s = sched_.member_joined(m.name, m.local, static_cast<int>(m.slots), m.tags); !s.ok())
       log::error("member '" + m.name + "': " + s.error().message);
     ev.type = "member.joined";
     ev.detail = std::to_string(m.slots) + " slots";
@@ -280,7 +280,7 @@ bool Master::retry_or_finish(Instance& inst, InstanceState outcome) {
     retries_.emplace(*inst.retry_at, inst.id);
     return true;
   }
-  if (auto s = sched_.submit(inst.id, inst.queue, inst.priority, outcome == InstanceState::Lost); !s.ok())
+  if (auto s = sched_.submit(inst.id, inst.queue, inst.priority, outcome == InstanceState::Lost, inst.required_tags); !s.ok())
     log::error("instance " + std::to_string(inst.id) + " cannot be re-queued: " + s.error().message);
   dispatch_needed_ = true;
   return true;
@@ -294,7 +294,7 @@ void Master::release_due_retries(Clock::time_point now) {
     if (it == instances_.end() || it->second.state != InstanceState::Queued || !it->second.retry_at) continue;
     it->second.retry_at.reset();
     mark_dirty(it->second);
-    if (auto s = sched_.submit(id, it->second.queue, it->second.priority); !s.ok())
+    if (auto s = sched_.submit(id, it->second.queue, it->second.priority, false, it->second.required_tags); !s.ok())
       log::error("instance " + std::to_string(id) + " cannot be re-queued: " + s.error().message);
     dispatch_needed_ = true;
   }
@@ -335,13 +335,13 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
     }
     if (m.slots != r.slots) {
       m.slots = r.slots;
-      if (auto s = sched_.member_joined(m.name, m.local, static_cast<int>(m.slots)); !s.ok())
+      if (auto s = sched_.member_joined(m.name, m.local, static_cast<int>(m.slots), m.tags); !s.ok())
         log::error("member '" + m.name + "': " + s.error().message);
     }
   }
   member_event(m, MemberEvent::Ready);
   if (m.state == MemberState::Draining)  // a draining member that re-registers stays drained
-    if (auto s = sched_.member_joined(m.name, m.local, 0); !s.ok()) log::error(s.error().message);
+    if (auto s = sched_.member_joined(m.name, m.local, 0, m.tags); !s.ok()) log::error(s.error().message);
   send_to(m, proto::Welcome{static_cast<uint32_t>(opt_.heartbeat.count()), opt_.liveness});
   // Instances it still runs that are not (or no longer) its own are stopped
   // there. After a restart, the ones the store gave it are taken back.
@@ -399,7 +399,7 @@ void Master::on_worker_message(zmq::socket_t& s, bool local, const std::string& 
   if (std::holds_alternative<proto::Disconnect>(msg)) return member_event(m, MemberEvent::Disconnect);
   if (std::holds_alternative<proto::Drain>(msg)) {
     member_event(m, MemberEvent::Drain);
-    if (auto s = sched_.member_joined(m.name, m.local, 0); !s.ok()) log::error(s.error().message);
+    if (auto s = sched_.member_joined(m.name, m.local, 0, m.tags); !s.ok()) log::error(s.error().message);
     return;
   }
   ++counters_.unexpected_messages;
@@ -452,6 +452,7 @@ uint64_t Master::create_instance(const Job& job, std::map<std::string, std::stri
   inst.queue = queue_of(job);
   inst.priority = job.priority;
   inst.retry = job.retry;
+  inst.required_tags = job.requires_tags;
   inst.params = std::move(params);
   inst.steps = std::move(steps);
   inst.steps_json = std::move(steps_json);
@@ -465,7 +466,7 @@ uint64_t Master::create_instance(const Job& job, std::map<std::string, std::stri
   ev.queue = inst.queue;
   ev.attempt = 1;
   events_->publish(std::move(ev));
-  if (auto s = sched_.submit(id, inst.queue, inst.priority); !s.ok())
+  if (auto s = sched_.submit(id, inst.queue, inst.priority, false, inst.required_tags); !s.ok())
     log::error("instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
   dispatch_needed_ = true;
   return id;
@@ -700,10 +701,12 @@ Status Master::restore() {
     uint64_t id = rec.id;
     instances_[id] = std::move(inst.value());
     Instance& i = instances_[id];
+    // Requirements are not stored per instance: they come from the job as it is now.
+    if (auto j = jobs_.find(i.job); j != jobs_.end()) i.required_tags = j->second.requires_tags;
     if (i.state == InstanceState::Queued) {
       ++queued;
       if (i.retry_at) retries_.emplace(*i.retry_at, id);
-      else if (auto s = sched_.submit(id, i.queue, i.priority); !s.ok())
+      else if (auto s = sched_.submit(id, i.queue, i.priority, false, i.required_tags); !s.ok())
         log::error("stored instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
     } else {
       unconfirmed_[id] = i.member;

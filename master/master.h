@@ -104,6 +104,7 @@ struct Instance {
   std::string output;
   bool cancel_requested = false;
   RetryPolicy retry;
+  std::vector<std::string> required_tags;  // the job's `requires`: only members with every tag
   std::optional<Clock::time_point> retry_at;  // queued, waiting out its backoff
   std::vector<Transition> history;
   size_t persisted_transitions = 0;  // history entries already in the store

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cassert>
-#include <compare>
 #include <iterator>
 #include <map>
 #include <set>
@@ -20,6 +19,8 @@ using Dispatch = QueueScheduler::Dispatch;
 using QueueId = std::uint32_t;
 using MemberId = std::uint32_t;
 using HoldId = std::uint64_t;
+using ReqSetId = std::uint32_t;
+constexpr ReqSetId kNoRequirements = 0;  // the empty requirement set; always exists
 
 // run_on rules select whole classes of members, never single members. That is
 // what lets queues be indexed by class instead of by member.
@@ -87,7 +88,14 @@ struct WaitKey {
   int tier = 0;  // 0: re-queued to the front, 1: normal
   std::int64_t neg_priority = 0;
   std::uint64_t seq = 0;
-  auto operator<=>(const WaitKey&) const = default;
+  // Spelled out rather than a defaulted <=>, which GCC does not always
+  // inline: this comparison is the hot path of every ordered waiting set.
+  friend bool operator<(const WaitKey& a, const WaitKey& b) {
+    if (a.tier != b.tier) return a.tier < b.tier;
+    if (a.neg_priority != b.neg_priority) return a.neg_priority < b.neg_priority;
+    return a.seq < b.seq;
+  }
+  bool operator==(const WaitKey&) const = default;
 };
 
 // An instance as the scheduler sees it. Ended instances are forgotten, so a
@@ -142,6 +150,7 @@ struct Instance {
   InstanceState state = InstanceState::kWaiting;
   QueueId queue = 0;
   WaitKey key;
+  ReqSetId reqset = kNoRequirements;  // waiting only: which sub-line it waits in
   MemberId member = 0;  // in flight only
   int slot = -1;        // in flight only
   int queue_slot = -1;  // in flight only
@@ -170,10 +179,29 @@ struct Counters {
   std::int64_t cancelled_waiting = 0;
 };
 
+struct ReqSet;
+
+// The waiting instances of one queue that require one requirement set, in
+// their order. A queue's instances without requirements form one line; each
+// distinct requirement set adds one. A line exists only while it is not empty.
+// While its queue is kWanting, a line is listed in its set's wanting sets
+// (those of the queue's eligible classes) under its head key.
+struct Line {
+  ReqSet* reqset = nullptr;
+  std::map<WaitKey, InstanceId> waiting;
+  bool listed = false;
+  WaitKey listed_key;
+};
+
 struct Queue {
   QueueId id = 0;
   QueueConfig config;
-  std::map<WaitKey, InstanceId> waiting;
+  // The line of the instances without requirements lives here for good (it
+  // may be empty), so the common case needs no lookup and no allocation; the
+  // lines with requirements come and go, non-empty ones only.
+  Line plain;
+  std::map<ReqSetId, Line> tagged;
+  std::int64_t waiting = 0;  // over all lines
   // This queue's slots on each member; a lane exists only while some of its
   // slots are in use, so idle (queue, member) pairs cost nothing.
   std::unordered_map<MemberId, SlotPool> lanes;
@@ -181,15 +209,18 @@ struct Queue {
   std::int64_t in_flight = 0;
   Counters counters;
   QueueState state = QueueState::kIdle;
-  // Where the queue is listed in the wanting sets, and under which key.
+  // The classes under which every line of the queue is listed (0: none).
   ClassMask listed_in = 0;
-  WaitKey listed_key;
 };
 
 struct Member {
   MemberId id = 0;
   std::string name;
   MemberClass member_class = kWorkerClass;
+  std::vector<std::string> tags;  // sorted, no duplicates
+  // The requirement sets other than the empty one that exist now and whose
+  // every tag this member has: the sets whose free sets list it.
+  std::vector<ReqSet*> fits;
   SlotPool slots{0};
   std::unordered_set<InstanceId> running;
   std::set<HoldId> holds;
@@ -212,7 +243,47 @@ struct FreeKey {
   }
 };
 
-using WantEntry = std::pair<WaitKey, QueueId>;
+// A line in a wanting set: its head key, then its queue.
+struct WantEntry {
+  WaitKey key;
+  QueueId queue = 0;
+
+  friend bool operator<(const WantEntry& a, const WantEntry& b) {
+    if (a.key.tier != b.key.tier) return a.key.tier < b.key.tier;
+    if (a.key.neg_priority != b.key.neg_priority) return a.key.neg_priority < b.key.neg_priority;
+    if (a.key.seq != b.key.seq) return a.key.seq < b.key.seq;
+    return a.queue < b.queue;
+  }
+};
+
+// One distinct set of required tags, interned: it exists while some waiting
+// instance requires exactly it (the empty set always exists). Members are
+// indexed per set, so finding a member with every tag of a line costs what
+// finding any member did before tags: a walk of one free set.
+struct ReqSet {
+  ReqSetId id = kNoRequirements;
+  std::vector<std::string> tags;  // sorted, no duplicates
+  std::int64_t waiting = 0;       // waiting instances requiring exactly this set (not kept for "none")
+  // Per class: members with every tag of the set and a free slot, least loaded first.
+  std::array<std::set<FreeKey>, kClassCount> free;
+  // Per class: the lines of kWanting queues that require this set, by head key.
+  std::array<std::set<WantEntry>, kClassCount> wanting;
+};
+
+// Whether sorted `have` contains every tag of sorted `required`.
+bool has_all(const std::vector<std::string>& have, const std::vector<std::string>& required) {
+  return std::includes(have.begin(), have.end(), required.begin(), required.end());
+}
+
+// Sorts and deduplicates tags; an empty tag is an error.
+Result<std::vector<std::string>> normalize_tags(std::vector<std::string> tags, const std::string& what) {
+  for (const std::string& tag : tags) {
+    if (tag.empty()) return Error{what + ": a tag must not be empty"};
+  }
+  std::sort(tags.begin(), tags.end());
+  tags.erase(std::unique(tags.begin(), tags.end()), tags.end());
+  return tags;
+}
 
 }  // namespace
 
@@ -220,6 +291,12 @@ using WantEntry = std::pair<WaitKey, QueueId>;
 // for the contract). Owns every table below; single-threaded like its owner.
 class QueueScheduler::Impl {
  public:
+  Impl() {
+    ReqSet& none = reqsets_[kNoRequirements];
+    none.id = kNoRequirements;
+    no_requirements_ = &none;
+  }
+
   Status add_or_update_queue(QueueConfig config) {
     if (Status valid = validate(config); !valid) return valid;
     auto found = queue_ids_.find(config.name);
@@ -228,6 +305,7 @@ class QueueScheduler::Impl {
       queue_ids_.emplace(config.name, id);
       Queue& queue = queues_[id];
       queue.id = id;
+      queue.plain.reqset = no_requirements_;
       queue.config = std::move(config);
       refresh(queue);
       return {};
@@ -251,31 +329,39 @@ class QueueScheduler::Impl {
   Status remove_queue(std::string_view name) {
     Queue* queue = find_queue(name);
     if (queue == nullptr) return Error{"queue " + std::string(name) + ": no such queue"};
-    if (!queue->waiting.empty() || queue->in_flight > 0) {
+    if (queue->waiting > 0 || queue->in_flight > 0) {
       return Error{"queue " + std::string(name) + ": cannot be removed while it has " +
-                   std::to_string(queue->waiting.size()) + " waiting and " +
+                   std::to_string(queue->waiting) + " waiting and " +
                    std::to_string(queue->in_flight) + " running instances"};
     }
     while (!queue->holds.empty()) drop_hold(*queue->holds.begin());
-    unlist(*queue);
+    assert(queue->plain.waiting.empty() && queue->tagged.empty() && queue->listed_in == 0);
     queue_ids_.erase(queue_ids_.find(name));
     queues_.erase(queue->id);
     return {};
   }
 
-  Status member_joined(std::string_view name, bool is_master, int slots) {
+  Status member_joined(std::string_view name, bool is_master, int slots, std::vector<std::string> tags) {
     if (slots < 0) {
       return Error{"member " + std::string(name) + ": slots must not be negative, got " + std::to_string(slots)};
     }
+    auto normalized = normalize_tags(std::move(tags), "member " + std::string(name));
+    if (!normalized) return normalized.error();
     const MemberClass member_class = is_master ? kMasterClass : kWorkerClass;
     if (Member* member = find_member(name)) {
       if (member->member_class != member_class) {
         return Error{"member " + std::string(name) + ": already registered as " +
                      (is_master ? "a worker" : "the master") + "; it must go before it can change"};
       }
-      // Queue states do not depend on member slots, so no queue needs a refresh.
+      // Queue states depend neither on member slots nor on tags, so no queue
+      // needs a refresh. Instances running here keep their credits even if
+      // the member lost a tag they required.
       unlist_free(*member);
       member->slots.set_capacity(slots);
+      if (member->tags != *normalized) {
+        member->tags = std::move(*normalized);
+        member->fits = sets_fitting(member->tags);
+      }
       list_free(*member);
       return {};
     }
@@ -285,6 +371,8 @@ class QueueScheduler::Impl {
     member.id = id;
     member.name = std::string(name);
     member.member_class = member_class;
+    member.tags = std::move(*normalized);
+    member.fits = sets_fitting(member.tags);
     member.slots.set_capacity(slots);
     ++alive_[member_class];
     list_free(member);
@@ -323,7 +411,8 @@ class QueueScheduler::Impl {
     return result;
   }
 
-  Status submit(InstanceId id, std::string_view queue_name, int priority, bool front) {
+  Status submit(InstanceId id, std::string_view queue_name, int priority, bool front,
+                std::vector<std::string> required_tags) {
     Queue* queue = find_queue(queue_name);
     if (queue == nullptr) {
       return Error{"instance " + std::to_string(id) + ": no such queue " + std::string(queue_name)};
@@ -332,11 +421,22 @@ class QueueScheduler::Impl {
       return Error{"instance " + std::to_string(id) + " is already " +
                    std::string(state_name(known->second.state))};
     }
+    Line* line = &queue->plain;
+    if (!required_tags.empty()) {
+      auto normalized = normalize_tags(std::move(required_tags), "instance " + std::to_string(id));
+      if (!normalized) return normalized.error();
+      ReqSet& reqset = acquire_reqset(std::move(*normalized));
+      ++reqset.waiting;
+      line = &queue->tagged.try_emplace(reqset.id).first->second;
+      line->reqset = &reqset;
+    }
+    const ReqSetId reqset_id = line->reqset->id;
     const WaitKey key{front ? 0 : 1, -static_cast<std::int64_t>(priority), next_seq_++};
-    queue->waiting.emplace(key, id);
-    instances_.emplace(id, Instance{InstanceState::kWaiting, queue->id, key, 0, -1, -1});
+    line->waiting.emplace(key, id);
+    ++queue->waiting;
+    instances_.emplace(id, Instance{InstanceState::kWaiting, queue->id, key, reqset_id, 0, -1, -1});
     ++queue->counters.submitted;
-    refresh(*queue);
+    refresh(*queue, line);
     return {};
   }
 
@@ -349,10 +449,11 @@ class QueueScheduler::Impl {
                    ", not waiting"};
     }
     Queue& queue = queues_.at(instance.queue);
-    queue.waiting.erase(instance.key);
+    Line& from = line_of(queue, instance.reqset);
+    Line* line = take_waiting(queue, from, from.waiting.find(instance.key));
     ++queue.counters.cancelled_waiting;
     instances_.erase(found);
-    refresh(queue);
+    refresh(queue, line);
     return {};
   }
 
@@ -406,9 +507,9 @@ class QueueScheduler::Impl {
     // It has no place in the waiting order any more; its key only orders the
     // list member_gone() returns.
     const WaitKey key{0, 0, next_seq_++};
-    instances_.emplace(id, Instance{InstanceState::kInFlight, queue->id, key, 0, -1, -1});
+    instances_.emplace(id, Instance{InstanceState::kInFlight, queue->id, key, kNoRequirements, 0, -1, -1});
     ++queue->counters.adopted;
-    return take_credit(id, *queue, *member);
+    return take_credit(id, *queue, *member, nullptr);
   }
 
   std::vector<Dispatch> dispatch(TimePoint now, std::size_t max_count) {
@@ -421,14 +522,14 @@ class QueueScheduler::Impl {
     while (started.size() < max_count) {
       const auto choice = choose();
       if (!choice) break;
-      Queue& queue = queues_.at(choice->first);
-      const auto head = queue.waiting.begin();
-      const InstanceId id = head->second;
-      queue.waiting.erase(head);
+      Queue& queue = queues_.at(choice->queue);
+      Line& from = line_of(queue, choice->reqset);
+      const InstanceId id = from.waiting.begin()->second;
       Instance& instance = instances_.at(id);
+      Line* line = take_waiting(queue, from, from.waiting.begin());
       instance.state = *next_state(instance.state, InstanceEvent::kDispatch);
       ++queue.counters.dispatched;
-      started.push_back(take_credit(id, queue, members_.at(choice->second)));
+      started.push_back(take_credit(id, queue, members_.at(choice->member), line));
     }
     return started;
   }
@@ -455,7 +556,7 @@ class QueueScheduler::Impl {
     for (const auto& [name, id] : member_ids_) {
       const Member& member = members_.at(id);
       all.push_back(MemberStats{member.name, member.member_class == kMasterClass, member.slots.capacity(),
-                                static_cast<int>(member.running.size())});
+                                static_cast<int>(member.running.size()), member.tags});
     }
     return all;
   }
@@ -514,35 +615,113 @@ class QueueScheduler::Impl {
   // Recomputes the queue's state from its facts and makes the wanting sets
   // agree. Called after every change that touches the queue; after a change
   // of who is alive, for every queue.
-  void refresh(Queue& queue) {
+  // `touched`: the one line whose head may have changed (or that is new),
+  // if any; a line that was emptied is already gone. When the classes the
+  // queue is listed under change, every line is listed again.
+  void refresh(Queue& queue, Line* touched = nullptr) {
     QueueState next = QueueState::kWanting;
-    if (queue.waiting.empty()) {
+    if (queue.waiting == 0) {
       next = QueueState::kIdle;
     } else if (credits_in_use(queue) >= window(queue)) {
       next = QueueState::kNoCredit;
     }
     const ClassMask list_in = next == QueueState::kWanting ? eligible_classes(queue.config) : 0;
-    const WaitKey key = list_in != 0 ? queue.waiting.begin()->first : WaitKey{};
     queue.state = next;
-    if (list_in == queue.listed_in && key == queue.listed_key) return;
-    unlist(queue);
-    for (int c = 0; c < kClassCount; ++c) {
-      if (list_in & class_bit(c)) wanting_[c].insert({key, queue.id});
+    if (list_in != queue.listed_in) {
+      unlist_line(queue, queue.plain);
+      for (auto& [id, line] : queue.tagged) unlist_line(queue, line);
+      queue.listed_in = list_in;
+      if (!queue.plain.waiting.empty()) list_line(queue, queue.plain);
+      for (auto& [id, line] : queue.tagged) list_line(queue, line);
+      return;
     }
-    queue.listed_in = list_in;
-    queue.listed_key = key;
+    if (touched != nullptr && list_in != 0 &&
+        (!touched->listed || touched->listed_key != touched->waiting.begin()->first)) {
+      unlist_line(queue, *touched);
+      list_line(queue, *touched);
+    }
   }
 
   void refresh_all() {
     for (auto& [id, queue] : queues_) refresh(queue);
   }
 
-  void unlist(Queue& queue) {
+  // Lists a line under the queue's listed_in classes and its head key.
+  void list_line(const Queue& queue, Line& line) {
+    if (queue.listed_in == 0) return;
+    const WaitKey key = line.waiting.begin()->first;
     for (int c = 0; c < kClassCount; ++c) {
-      if (queue.listed_in & class_bit(c)) wanting_[c].erase({queue.listed_key, queue.id});
+      if (queue.listed_in & class_bit(c)) line.reqset->wanting[c].insert({key, queue.id});
     }
-    queue.listed_in = 0;
-    queue.listed_key = WaitKey{};
+    line.listed = true;
+    line.listed_key = key;
+  }
+
+  void unlist_line(const Queue& queue, Line& line) {
+    if (!line.listed) return;
+    for (int c = 0; c < kClassCount; ++c) {
+      if (queue.listed_in & class_bit(c)) line.reqset->wanting[c].erase({line.listed_key, queue.id});
+    }
+    line.listed = false;
+  }
+
+  // Takes the waiting instance at `at` out of `line`. Returns the line, or
+  // null if the line is now empty: then it is gone (the plain line stays,
+  // empty), and so is its requirement set if no other instance waits with
+  // it. The caller refreshes the queue.
+  Line* take_waiting(Queue& queue, Line& line, std::map<WaitKey, InstanceId>::iterator at) {
+    line.waiting.erase(at);
+    --queue.waiting;
+    ReqSet& reqset = *line.reqset;
+    const bool tagged = reqset.id != kNoRequirements;
+    if (tagged) --reqset.waiting;
+    if (!line.waiting.empty()) return &line;
+    unlist_line(queue, line);
+    if (!tagged) return nullptr;
+    queue.tagged.erase(reqset.id);
+    if (reqset.waiting == 0) drop_reqset(reqset);
+    return nullptr;
+  }
+
+  static Line& line_of(Queue& queue, ReqSetId reqset) {
+    if (reqset == kNoRequirements) return queue.plain;
+    const auto found = queue.tagged.find(reqset);
+    assert(found != queue.tagged.end());
+    return found->second;
+  }
+
+  // The existing sets other than the empty one whose every tag is in `tags`.
+  std::vector<ReqSet*> sets_fitting(const std::vector<std::string>& tags) {
+    std::vector<ReqSet*> fits;
+    if (tags.empty()) return fits;
+    for (auto& [id, reqset] : reqsets_) {
+      if (id != kNoRequirements && has_all(tags, reqset.tags)) fits.push_back(&reqset);
+    }
+    return fits;
+  }
+
+  // The interned set of these (sorted, unique, non-empty) tags; made and
+  // filled with the members that have them on first use.
+  ReqSet& acquire_reqset(std::vector<std::string> tags) {
+    if (auto found = reqset_ids_.find(tags); found != reqset_ids_.end()) return reqsets_.at(found->second);
+    const ReqSetId id = next_reqset_id_++;
+    ReqSet& reqset = reqsets_[id];
+    reqset.id = id;
+    reqset.tags = tags;
+    reqset_ids_.emplace(std::move(tags), id);
+    for (auto& [member_id, member] : members_) {
+      if (!has_all(member.tags, reqset.tags)) continue;
+      member.fits.push_back(&reqset);
+      if (member.slots.has_room()) reqset.free[member.member_class].insert(free_key(member));
+    }
+    return reqset;
+  }
+
+  void drop_reqset(ReqSet& reqset) {
+    for (int c = 0; c < kClassCount; ++c) assert(reqset.wanting[c].empty());
+    for (auto& [member_id, member] : members_) std::erase(member.fits, &reqset);
+    reqset_ids_.erase(reqset.tags);
+    reqsets_.erase(reqset.id);
   }
 
   static FreeKey free_key(const Member& member) {
@@ -550,54 +729,75 @@ class QueueScheduler::Impl {
                    member.id};
   }
 
+  // A member with a free slot is listed in the free sets of the empty set
+  // and of every set in its fits.
   void unlist_free(const Member& member) {
-    if (member.slots.has_room()) free_[member.member_class].erase(free_key(member));
+    if (!member.slots.has_room()) return;
+    const FreeKey key = free_key(member);
+    no_requirements_->free[member.member_class].erase(key);
+    for (ReqSet* reqset : member.fits) reqset->free[member.member_class].erase(key);
   }
 
   void list_free(const Member& member) {
-    if (member.slots.has_room()) free_[member.member_class].insert(free_key(member));
+    if (!member.slots.has_room()) return;
+    const FreeKey key = free_key(member);
+    no_requirements_->free[member.member_class].insert(key);
+    for (ReqSet* reqset : member.fits) reqset->free[member.member_class].insert(key);
   }
 
-  // The least loaded member of class `c` with a free slot on which `queue`
-  // has fewer than max_parallel slots in use.
-  const FreeKey* usable_member(const Queue& queue, int c) const {
-    for (const FreeKey& candidate : free_[c]) {
+  // The least loaded member of class `c` with every tag of `reqset` and a
+  // free slot on which `queue` has fewer than max_parallel slots in use.
+  static const FreeKey* usable_member(const Queue& queue, const ReqSet& reqset, int c) {
+    for (const FreeKey& candidate : reqset.free[c]) {
       auto lane = queue.lanes.find(candidate.id);
       if (lane == queue.lanes.end() || lane->second.has_room()) return &candidate;
     }
     return nullptr;
   }
 
-  // The queue whose head goes first among the queues that can start now, and
-  // its member. Each class's wanting set is walked in head order until a
-  // queue with a usable member of that class turns up; the walk of the second
-  // class stops as soon as it cannot beat the first class's find.
-  std::optional<std::pair<QueueId, MemberId>> choose() const {
+  struct Choice {
+    QueueId queue = 0;
+    ReqSetId reqset = kNoRequirements;
+    MemberId member = 0;
+  };
+
+  // The line whose head goes first among the lines that can start now, and
+  // its member. For each requirement set and class, the set's wanting set is
+  // walked in head order until a line with a usable member (with the set's
+  // tags) of that class turns up; every later walk stops as soon as it
+  // cannot beat the best find so far. A line whose tags no free member has
+  // is never found, so it delays nothing behind it.
+  std::optional<Choice> choose() const {
     const WantEntry* best = nullptr;
-    for (int c = 0; c < kClassCount; ++c) {
-      if (free_[c].empty()) continue;
-      for (const WantEntry& entry : wanting_[c]) {
-        if (best != nullptr && !(entry < *best)) break;
-        if (usable_member(queues_.at(entry.second), c) != nullptr) {
-          best = &entry;
-          break;
+    const ReqSet* best_set = nullptr;
+    for (const auto& [reqset_id, reqset] : reqsets_) {
+      for (int c = 0; c < kClassCount; ++c) {
+        if (reqset.free[c].empty()) continue;
+        for (const WantEntry& entry : reqset.wanting[c]) {
+          if (best != nullptr && !(entry < *best)) break;
+          if (usable_member(queues_.at(entry.queue), reqset, c) != nullptr) {
+            best = &entry;
+            best_set = &reqset;
+            break;
+          }
         }
       }
     }
     if (best == nullptr) return std::nullopt;
-    const Queue& queue = queues_.at(best->second);
+    const Queue& queue = queues_.at(best->queue);
     const FreeKey* member = nullptr;
     for (int c = 0; c < kClassCount; ++c) {
       if (!(queue.listed_in & class_bit(c))) continue;
-      const FreeKey* candidate = usable_member(queue, c);
+      const FreeKey* candidate = usable_member(queue, *best_set, c);
       if (candidate != nullptr && (member == nullptr || *candidate < *member)) member = candidate;
     }
     assert(member != nullptr);
-    return std::pair{queue.id, member->id};
+    return Choice{queue.id, best_set->id, member->id};
   }
 
-  // Records the credit of an instance already marked in flight.
-  Dispatch take_credit(InstanceId id, Queue& queue, Member& member) {
+  // Records the credit of an instance already marked in flight. `touched`:
+  // the line it left, if it was waiting and the line is not empty now.
+  Dispatch take_credit(InstanceId id, Queue& queue, Member& member, Line* touched) {
     unlist_free(member);
     const int slot = member.slots.take();
     member.running.insert(id);
@@ -610,7 +810,7 @@ class QueueScheduler::Impl {
     instance.member = member.id;
     instance.slot = slot;
     instance.queue_slot = queue_slot;
-    refresh(queue);
+    refresh(queue, touched);
     return Dispatch{id, queue.config.name, member.name, slot, queue_slot};
   }
 
@@ -650,7 +850,7 @@ class QueueScheduler::Impl {
                       window(queue),
                       queue.in_flight,
                       static_cast<std::int64_t>(queue.holds.size()),
-                      static_cast<std::int64_t>(queue.waiting.size()),
+                      queue.waiting,
                       alive_in(eligible_classes(queue.config)),
                       n.submitted,
                       n.dispatched,
@@ -671,10 +871,13 @@ class QueueScheduler::Impl {
   std::set<std::pair<TimePoint, HoldId>> timers_;
 
   std::array<std::int64_t, kClassCount> alive_{};
-  // Per class: members with a free slot, least loaded first.
-  std::array<std::set<FreeKey>, kClassCount> free_;
-  // Per class: kWanting queues that may use that class, by head key.
-  std::array<std::set<WantEntry>, kClassCount> wanting_;
+  // The requirement sets that exist: the empty one, and each one some waiting
+  // instance requires. Node-based, so ReqSet pointers stay valid. Each holds
+  // the per-class free members and wanting lines for its tags.
+  std::unordered_map<ReqSetId, ReqSet> reqsets_;
+  std::map<std::vector<std::string>, ReqSetId> reqset_ids_;  // non-empty sets only
+  ReqSet* no_requirements_ = nullptr;
+  ReqSetId next_reqset_id_ = kNoRequirements + 1;
 
   QueueId next_queue_id_ = 1;
   MemberId next_member_id_ = 1;
@@ -691,14 +894,16 @@ Status QueueScheduler::add_or_update_queue(QueueConfig config) {
   return impl_->add_or_update_queue(std::move(config));
 }
 Status QueueScheduler::remove_queue(std::string_view name) { return impl_->remove_queue(name); }
-Status QueueScheduler::member_joined(std::string_view name, bool is_master, int slots) {
-  return impl_->member_joined(name, is_master, slots);
+Status QueueScheduler::member_joined(std::string_view name, bool is_master, int slots,
+                                     std::vector<std::string> tags) {
+  return impl_->member_joined(name, is_master, slots, std::move(tags));
 }
 Result<std::vector<QueueScheduler::InstanceId>> QueueScheduler::member_gone(std::string_view name) {
   return impl_->member_gone(name);
 }
-Status QueueScheduler::submit(InstanceId id, std::string_view queue, int priority, bool front) {
-  return impl_->submit(id, queue, priority, front);
+Status QueueScheduler::submit(InstanceId id, std::string_view queue, int priority, bool front,
+                              std::vector<std::string> required_tags) {
+  return impl_->submit(id, queue, priority, front, std::move(required_tags));
 }
 Status QueueScheduler::cancel_waiting(InstanceId id) { return impl_->cancel_waiting(id); }
 Status QueueScheduler::finished(InstanceId id, TimePoint now, EndReason reason) {

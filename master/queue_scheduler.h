@@ -22,9 +22,9 @@ namespace zf {
 // no credit leaked" can be checked here alone.
 //
 // Owns: the queue configurations it was given, the ids of waiting instances in
-// their order, one credit per in-flight instance (queue, member, member slot,
-// queue slot), the min_delay holds on queue slots, and the members' slot
-// counts. It does not own instances, jobs, sockets or clocks: the master's
+// their order with the tags each requires, one credit per in-flight instance
+// (queue, member, member slot, queue slot), the min_delay holds on queue slots,
+// and the members' slot counts and tags. It does not own instances, jobs, sockets or clocks: the master's
 // event loop reports what happened and passes `now` in.
 //
 // Single-threaded: owned by the master's event loop and called only from it.
@@ -37,14 +37,24 @@ namespace zf {
 //    wherever they are (a credit on a member that is no longer eligible still
 //    counts until it ends). A window that shrinks below its use kills
 //    nothing; the queue just starts nothing until the use drops below it.
-//  * A start needs: a credit in the window, a member that is eligible, has a
-//    free member slot (in flight < slots) and fewer than max_parallel of this
-//    queue's slots in use on it. Among such members the least loaded
-//    (in flight / slots) wins, ties by name.
+//  * A start needs: a credit in the window, a member that is eligible, has
+//    every tag the instance requires, has a free member slot (in flight <
+//    slots) and fewer than max_parallel of this queue's slots in use on it.
+//    Among such members the least loaded (in flight / slots) wins, ties by
+//    name. Tags only filter members: they add no credits and take none away
+//    (the window counts eligible members whatever their tags).
 //  * Order of waiting instances, within a queue and between queues competing
 //    for the same member slot: those re-queued to the front first, then higher
-//    priority, then earlier submission. A queue that cannot start anything
-//    never delays another one.
+//    priority, then earlier submission. Each start takes the first instance in
+//    that order, over all queues, that can start now. So among instances with
+//    no requirements the order is strict; an instance whose required tags no
+//    usable member has is passed over, and never delays another instance of
+//    its queue or of another queue (nor does a queue that cannot start
+//    anything). Being passed over, it can wait behind later instances for as
+//    long as those keep taking the queue's credits or the tagged members' slots.
+//  * Tags: a member's tags are those of its latest member_joined(); a re-join
+//    that drops a tag kills nothing (instances already running there keep
+//    their credits), it only stops new starts that require the tag.
 //  * min_delay: the queue slot an instance ended in stays occupied until
 //    end + min_delay; the member slot is free at once. Holds are released by
 //    dispatch(now); next_deadline() says when the next one falls due. A
@@ -53,22 +63,47 @@ namespace zf {
 //  * Every end (finished, cancelled, timed out, member gone) returns the
 //    credit exactly once; a second end of the same instance is refused.
 //
-// Cost per call, with W waiting instances, Q queues, M members and H held
-// queue slots:
-//  * submit, cancel_waiting: O(log W + log Q).
-//  * finished, adopt: O(log Q + log M + log H).
+// Indexing of requirements: the distinct requirement sets (sorted, without
+// duplicates; "none" is one of them) are interned, and a set exists while some
+// instance waiting with it does. The waiting instances of a queue are kept in
+// one sub-line per requirement set they carry; each sub-line competes like a
+// queue did before tags: under its head key, in its set's per-class wanting
+// set, against its set's per-class index of free members with every tag of the
+// set. A member with a free slot is listed in the free index of "none" and of
+// each existing set whose tags it has.
+//
+// Cost per call, with W waiting instances, Q queues, M members, H held queue
+// slots, and with requirements: R the distinct requirement sets of waiting
+// instances, "none" always counted (R = 1 if nothing requires anything), L
+// the sub-lines of the queue at hand (1 if none of its waiting instances
+// requires anything), R_m the sets whose tags the member at hand has (0 while
+// nothing waiting requires any of its tags), T the tags of the call. R and L
+// stay small while jobs share a few requirement sets; in the worst case (every
+// waiting instance with a set of its own) they grow to W, and dispatch with
+// them: the indexing pays off only while sets are few.
+//  * submit, cancel_waiting: O(log W + log Q + T log T + T log R), plus
+//    O(L log Q) when the queue's state changes (all its sub-lines are listed or
+//    unlisted). The first waiting instance of a new requirement set also pays
+//    O(M (T + log M)) to build the set's member index, and the last one to
+//    leave a set O(M R) to drop it.
+//  * finished, adopt: O(log Q + log H + (1 + R_m) log M + L log Q).
 //  * dispatch: O(log H) per hold that falls due, then per started instance
-//    O(log W + log Q + (S + 1) · (log M + K)). S counts the wanting queues
-//    skipped because on every free member of a class all their max_parallel
-//    slots are in use; for any one free member m of that class, S ≤ m's slots
-//    + m's min_delay holds. K counts, for one queue, the free members skipped
-//    for the same reason: at most the members where that queue has slots in
-//    use. Neither grows with W, and no call scans all queues or all waiting
-//    instances; a dispatch that starts nothing costs the same walk once.
+//    O(log W + log Q + (1 + R_m) log M + L log Q + Σ over the R sets of
+//    (S + 1) · (log M + K)). For one set, S counts its sub-lines skipped
+//    because on every free member of a class with the set's tags all their
+//    queue's max_parallel slots are in use; for any one such member m, S ≤
+//    m's slots + m's min_delay holds. K counts, for one queue, the free
+//    members skipped for the same reason: at most the members where that
+//    queue has slots in use. A set no free member of a class fits costs O(1)
+//    for that class: its sub-lines are not walked. Apart from R and L nothing
+//    grows with W; no call scans all queues or all waiting instances; a
+//    dispatch that starts nothing costs the same walk once. Without
+//    requirements R = L = 1 and R_m = 0: the cost before tags.
 //  * member_joined (a new member), member_gone, add_or_update_queue,
-//    remove_queue: O(Q log Q) plus the member's or queue's own credits and
-//    holds, since who is alive changes every queue's window. These follow
-//    membership changes and operator actions, not instance traffic.
+//    remove_queue: O(Q L log Q) plus the member's or queue's own credits and
+//    holds, since who is alive changes every queue's window; a member's join
+//    or changed tags add O(R T). These follow membership changes and operator
+//    actions, not instance traffic.
 class QueueScheduler {
  public:
   using InstanceId = std::uint64_t;  // the instance id of the wire protocol
@@ -92,7 +127,8 @@ class QueueScheduler {
     std::string name;
     // "idle": nothing waiting; "no_credit": waiting, the window is in use (or
     // 0); "wanting": waiting with a free credit, starts as soon as an eligible
-    // member has a free slot and room for this queue.
+    // member with the tags some waiting instance requires has a free slot and
+    // room for this queue.
     std::string_view state;
     std::int64_t window = 0;        // credits the queue may use now
     std::int64_t in_flight = 0;
@@ -114,6 +150,7 @@ class QueueScheduler {
     bool is_master = false;
     int slots = 0;
     int in_flight = 0;
+    std::vector<std::string> tags;  // sorted, no duplicates
   };
 
   QueueScheduler();
@@ -131,11 +168,13 @@ class QueueScheduler {
   // holds are dropped with it.
   Status remove_queue(std::string_view name);
 
-  // A member registered with `slots` execution slots for all queues together.
-  // Joining again under the same name changes its slots (lowering them below
-  // its in-flight count kills nothing); changing between master and worker is
-  // refused: the member must go first.
-  Status member_joined(std::string_view name, bool is_master, int slots);
+  // A member registered with `slots` execution slots for all queues together,
+  // and with `tags` (order and duplicates do not matter; an empty tag is an
+  // error). Joining again under the same name replaces its slots and tags
+  // (lowering the slots below its in-flight count or dropping a tag kills
+  // nothing); changing between master and worker is refused: the member must
+  // go first.
+  Status member_joined(std::string_view name, bool is_master, int slots, std::vector<std::string> tags = {});
   // The member left or was lost: to the credits both are the same. Returns the
   // instances that were in flight on it, in their queue order; their credits
   // are back. Error if no such member.
@@ -143,8 +182,12 @@ class QueueScheduler {
 
   // Puts an instance in the waiting line of `queue`. `front`: re-queued after
   // its member was lost, so it goes before every instance not re-queued.
-  // Error if the queue is unknown or the id is already waiting or in flight.
-  Status submit(InstanceId id, std::string_view queue, int priority = 0, bool front = false);
+  // `required_tags`: it may start only on a member that has every one of them
+  // (order and duplicates do not matter). Error if the queue is unknown, the
+  // id is already waiting or in flight, or a required tag is empty. (A
+  // re-queued instance must be submitted with its requirements again.)
+  Status submit(InstanceId id, std::string_view queue, int priority = 0, bool front = false,
+                std::vector<std::string> required_tags = {});
   // Error if the instance is not waiting (a running one ends via finished()).
   Status cancel_waiting(InstanceId id);
   // The instance ended on a member that is still there. Error, and nothing

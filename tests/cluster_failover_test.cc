@@ -290,3 +290,27 @@ TEST_CASE("SIGTERM to the master waits for instances in flight, then exits 0") {
   c.wait_for([&] { return c.count("instance.succeeded") == 1; }, 1s);
   CHECK(c.count("instance.succeeded") == 1);  // it finished before the master left
 }
+
+TEST_CASE("an instance that requires a tag runs only on a member that has every tag") {
+  Cluster c;
+  c.start_master({"--local-slots", "1"});
+  c.connect_tap();
+  c.start_worker("plain", 2);
+  c.start_worker("gpu1", 2, {"--tag", "gpu", "--tag", "ssd"});
+  REQUIRE(c.wait_for([&] { return c.count("member.joined") >= 2; }, 10s));
+  auto job = c.write_file("g.toml", "name = \"g\"\nrequires = [\"gpu\", \"ssd\"]\n[[steps]]\nbuiltin = \"noop\"\n");
+  auto other = c.write_file("n.toml", "name = \"n\"\nrequires = [\"quantum\"]\n[[steps]]\nbuiltin = \"noop\"\n");
+  auto any = c.write_file("a.toml", "name = \"a\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job, other, any}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "g", "--count", "20", "--wait"}).exit_code == 0);
+  for (const auto& e : c.events())
+    if (e["type"] == "instance.succeeded") CHECK(e["member"] == "gpu1");
+  // Nobody has `quantum`: it waits, and does not hold up what can run.
+  REQUIRE(c.zforce({"run", "n"}).exit_code == 0);
+  CHECK(c.zforce({"run", "a", "--count", "5", "--wait"}).exit_code == 0);
+  CHECK(parse_ok(c.zforce({"--json", "instance", "show", "21"}))["state"] == "queued");
+  // A member with the tag joins: it runs there.
+  c.start_worker("q1", 1, {"--tag", "quantum"});
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 26; }, 10s));
+  CHECK(c.events_of(21).back()["member"] == "q1");
+}

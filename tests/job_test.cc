@@ -111,7 +111,7 @@ TEST_CASE("errors name the file, the line and the field") {
       {"name = \"x\"\nretries = 3\n[[steps]]\nrun = [\"true\"]\n", "jobs/x.toml:2:11: field 'retries': unknown field"},
       {"name = \"x\"\n[[triggers]]\nwatch = \"/tmp\"\n[[steps]]\nrun = [\"true\"]\n", "jobs/x.toml:2:1: field 'triggers[0]': a watch trigger passes the file as parameter 'file'"},
       {"name = \"x\"\n[[triggers]]\nevery = \"1s\"\nparams = { day = \"1\" }\n[[steps]]\nrun = [\"true\"]\n", "field 'triggers[0].params.day': the job has no parameter 'day'"},
-      {"name = \"x\"\nrequires = [\"gpu\"]\n[[steps]]\nrun = [\"true\"]\n", "field 'requires': is planned but not supported"},
+      {"name = \"x\"\nrequires = \"gpu\"\n[[steps]]\nrun = [\"true\"]\n", "jobs/x.toml:2:12: field 'requires': expected a list of worker tags"},
       {"name = \"x\"\n[params.9a]\n[[steps]]\nrun = [\"true\"]\n", "field 'params.9a': parameter names use letters"},
       {"name = \"x\"\n[params.a]\nvalue = 1\n[[steps]]\nrun = [\"true\"]\n", "field 'params.a.value': unknown field"},
       {"name = \"x\"\n[[steps]]\nrun = [\"true\"]\nenv = { A = 1 }\n", "field 'steps[0].env.A': expected a string"},

@@ -11,6 +11,13 @@
 // measure that part: the same random erase + insert on a bare
 // std::unordered_map (id -> record) and std::map (order -> id) of the same
 // size, which any id-indexed ordered queue must pay at least.
+//
+// The `tagged_` figures repeat the submit, cancel and cycle measurements with
+// worker tags and instance requirements: 5 of the 20 workers have "gpu", 10%
+// of the instances require gpu and 2% require gpu and big, which no member
+// has (they can never start and only wait). So three requirement sets are in
+// use, one of them unplaceable. Without requirements nothing changes: the
+// other figures measure the same work as before tags existed.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -109,14 +116,33 @@ struct Figures {
   double reference_ns = 0;
 };
 
-// One round at `waiting` instances; a fresh scheduler each time.
-Figures round(int waiting, std::uint32_t seed) {
+// One round at `waiting` instances; a fresh scheduler each time. `tagged`:
+// with tags and requirements (see the top of the file).
+Figures round(int waiting, std::uint32_t seed, bool tagged) {
   std::mt19937 rng(seed);
   auto pick = [&](int n) { return std::uniform_int_distribution<int>(0, n - 1)(rng); };
   QueueScheduler s;
   for (int i = 0; i < kQueues; ++i) must(s.add_or_update_queue(queue_config(i)));
   must(s.member_joined("master", true, kSlotsPerMember));
-  for (int i = 0; i < kWorkers; ++i) must(s.member_joined("w" + std::to_string(i), false, kSlotsPerMember));
+  for (int i = 0; i < kWorkers; ++i) {
+    std::vector<std::string> tags;
+    if (tagged && i % 4 == 0) tags.emplace_back("gpu");
+    must(s.member_joined("w" + std::to_string(i), false, kSlotsPerMember, tags));
+  }
+  // Draws the next submission's queue, priority and requirements. The
+  // untagged bench draws from the same distributions as before tags existed.
+  const std::vector<std::string> kNone, kGpu{"gpu"}, kGpuBig{"gpu", "big"};
+  auto submit = [&](Id id) {
+    const std::string queue = queue_name(pick(kQueues));
+    const int priority = pick(3);
+    const std::vector<std::string>* requires_tags = &kNone;
+    if (tagged) {
+      const int roll = pick(100);
+      if (roll < 10) requires_tags = &kGpu;
+      else if (roll < 12) requires_tags = &kGpuBig;
+    }
+    must(s.submit(id, queue, priority, false, *requires_tags));
+  };
 
   auto now = Clock::time_point{};
   Id next_id = 1;
@@ -126,7 +152,7 @@ Figures round(int waiting, std::uint32_t seed) {
   const auto fill_start = Clock::now();
   for (int i = 0; i < waiting; ++i) {
     const Id id = next_id++;
-    must(s.submit(id, queue_name(pick(kQueues)), pick(3)));
+    submit(id);
     waiting_ids.push_back(id);
   }
   f.submit_ns = ns_per(Clock::now() - fill_start, waiting);
@@ -134,7 +160,7 @@ Figures round(int waiting, std::uint32_t seed) {
   // Saturate the cluster, then top the waiting lines up to `waiting` again.
   std::vector<Id> running;
   for (const auto& d : s.dispatch(now)) running.push_back(d.instance);
-  for (std::size_t i = 0; i < running.size(); ++i) must(s.submit(next_id++, queue_name(pick(kQueues)), pick(3)));
+  for (std::size_t i = 0; i < running.size(); ++i) submit(next_id++);
 
   const auto cancel_start = Clock::now();
   std::int64_t pairs = 0;
@@ -142,7 +168,7 @@ Figures round(int waiting, std::uint32_t seed) {
     const std::size_t at = static_cast<std::size_t>(pick(static_cast<int>(waiting_ids.size())));
     if (!s.cancel_waiting(waiting_ids[at]).ok()) continue;
     const Id id = next_id++;
-    must(s.submit(id, queue_name(pick(kQueues)), pick(3)));
+    submit(id);
     waiting_ids[at] = id;
     ++pairs;
   }
@@ -158,7 +184,7 @@ Figures round(int waiting, std::uint32_t seed) {
       running[at] = running.back();
       running.pop_back();
     }
-    must(s.submit(next_id++, queue_name(pick(kQueues)), pick(3)));
+    submit(next_id++);
     for (const auto& d : s.dispatch(now)) {
       running.push_back(d.instance);
       ++started;
@@ -166,14 +192,14 @@ Figures round(int waiting, std::uint32_t seed) {
   }
   f.cycle_ns = ns_per(Clock::now() - cycle_start, kCycles);
   f.started_per_cycle = static_cast<double>(started) / kCycles;
-  f.reference_ns = reference_ns(waiting, seed);
+  if (!tagged) f.reference_ns = reference_ns(waiting, seed);
   return f;
 }
 
-Figures best_of(int waiting) {
-  Figures best = round(waiting, 1);
+Figures best_of(int waiting, bool tagged) {
+  Figures best = round(waiting, 1, tagged);
   for (int r = 1; r < kRounds; ++r) {
-    const Figures f = round(waiting, static_cast<std::uint32_t>(r + 1));
+    const Figures f = round(waiting, static_cast<std::uint32_t>(r + 1), tagged);
     best.submit_ns = std::min(best.submit_ns, f.submit_ns);
     best.cancel_submit_ns = std::min(best.cancel_submit_ns, f.cancel_submit_ns);
     best.cycle_ns = std::min(best.cycle_ns, f.cycle_ns);
@@ -191,7 +217,9 @@ int main() {
   const int sizes[] = {1000, 10000, 100000};
   const char* const labels[] = {"1k", "10k", "100k"};
   Figures f[3];
-  for (int i = 0; i < 3; ++i) f[i] = best_of(sizes[i]);
+  Figures t[3];
+  for (int i = 0; i < 3; ++i) f[i] = best_of(sizes[i], false);
+  for (int i = 0; i < 3; ++i) t[i] = best_of(sizes[i], true);
 
   std::printf("queues: %d\n", kQueues);
   std::printf("members: %d\n", kWorkers + 1);
@@ -209,5 +237,10 @@ int main() {
   print_ratio("reference_ratio_100k_over_1k", f[2].reference_ns, f[0].reference_ns);
   std::printf("log_ratio_reference: %.2f\n", std::log(100000.0) / std::log(1000.0));
   std::printf("linear_ratio_reference: %.0f\n", 100000.0 / 1000.0);
+  for (int i = 0; i < 3; ++i) std::printf("tagged_submit_ns_%s: %.0f\n", labels[i], t[i].submit_ns);
+  for (int i = 0; i < 3; ++i) std::printf("tagged_cancel_submit_ns_%s: %.0f\n", labels[i], t[i].cancel_submit_ns);
+  for (int i = 0; i < 3; ++i) std::printf("tagged_finish_dispatch_submit_cycle_ns_%s: %.0f\n", labels[i], t[i].cycle_ns);
+  for (int i = 0; i < 3; ++i) std::printf("tagged_started_per_cycle_%s: %.3f\n", labels[i], t[i].started_per_cycle);
+  print_ratio("tagged_cycle_ratio_100k_over_1k", t[2].cycle_ns, t[0].cycle_ns);
   return 0;
 }

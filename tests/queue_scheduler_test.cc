@@ -482,6 +482,115 @@ TEST_CASE("changing run_on applies to waiting instances at once") {
 }
 
 // ---------------------------------------------------------------------------
+// Tags and requirements
+
+TEST_CASE("an instance that requires gpu waits for a member with gpu") {
+  QueueScheduler s;
+  REQUIRE_OK(s.add_or_update_queue(queue("q", 2)));
+  REQUIRE_OK(s.member_joined("w1", false, 4, {"ssd"}));
+  REQUIRE_OK(s.submit(1, "q", 0, false, {"gpu"}));
+  CHECK(s.dispatch(at_ms(0)).empty());
+  CHECK(s.is_waiting(1));
+  CHECK(stats(s, "q").state == "wanting");  // it has a credit, just no member with gpu
+  REQUIRE_OK(s.member_joined("w2", false, 4, {"gpu"}));
+  const auto started = s.dispatch(at_ms(1));
+  REQUIRE(started.size() == 1);
+  CHECK(started[0].instance == 1);
+  CHECK(started[0].member == "w2");
+}
+
+TEST_CASE("an unplaceable instance does not block the queue behind it") {
+  QueueScheduler s;
+  REQUIRE_OK(s.add_or_update_queue(queue("q", 3)));
+  REQUIRE_OK(s.add_or_update_queue(queue("other", 3)));
+  REQUIRE_OK(s.member_joined("w1", false, 4, {"ssd"}));
+  REQUIRE_OK(s.submit(1, "q", 5, false, {"gpu"}));  // first in every order, but w1 lacks gpu
+  REQUIRE_OK(s.submit(2, "q"));
+  REQUIRE_OK(s.submit(3, "q", 0, false, {"ssd"}));
+  REQUIRE_OK(s.submit(4, "q", 0, false, {"gpu", "ssd"}));
+  REQUIRE_OK(s.submit(5, "other"));
+  CHECK(ids_of(s.dispatch(at_ms(0))) == std::vector<Id>{2, 3, 5});
+  CHECK(s.is_waiting(1));
+  CHECK(s.is_waiting(4));
+  // A member with both tags and one slot: the earlier of the two goes first.
+  REQUIRE_OK(s.member_joined("w2", false, 1, {"gpu", "ssd"}));
+  const auto started = s.dispatch(at_ms(1));
+  REQUIRE(started.size() == 1);
+  CHECK(started[0].instance == 1);
+  CHECK(started[0].member == "w2");
+  CHECK(s.is_waiting(4));
+}
+
+TEST_CASE("a member that re-joins without a tag no longer gets instances requiring it") {
+  QueueScheduler s;
+  REQUIRE_OK(s.add_or_update_queue(queue("q", 5)));
+  REQUIRE_OK(s.member_joined("w1", false, 2, {"gpu"}));
+  REQUIRE_OK(s.submit(1, "q", 0, false, {"gpu"}));
+  CHECK(ids_of(s.dispatch(at_ms(0))) == std::vector<Id>{1});
+  REQUIRE_OK(s.member_joined("w1", false, 2));  // the gpu is gone
+  CHECK(s.all_member_stats().at(0).tags.empty());
+  REQUIRE(s.in_flight(1).has_value());  // what runs there keeps its credit
+  CHECK(s.in_flight(1)->member == "w1");
+  REQUIRE_OK(s.submit(2, "q", 0, false, {"gpu"}));
+  REQUIRE_OK(s.submit(3, "q"));
+  CHECK(ids_of(s.dispatch(at_ms(1))) == std::vector<Id>{3});
+  CHECK(s.is_waiting(2));
+  REQUIRE_OK(s.member_joined("w1", false, 2, {"gpu"}));  // back, but both slots are in use
+  CHECK(s.dispatch(at_ms(2)).empty());
+  REQUIRE_OK(s.finished(1, at_ms(3)));
+  CHECK(ids_of(s.dispatch(at_ms(3))) == std::vector<Id>{2});
+}
+
+TEST_CASE("tags filter members but neither add nor take away credits") {
+  QueueScheduler s;
+  REQUIRE_OK(s.add_or_update_queue(queue("q", 1)));
+  REQUIRE_OK(s.member_joined("w1", false, 4, {"gpu"}));
+  REQUIRE_OK(s.member_joined("w2", false, 4));
+  CHECK(stats(s, "q").window == 2);
+  REQUIRE_OK(s.submit(1, "q", 0, false, {"gpu"}));
+  REQUIRE_OK(s.submit(2, "q", 0, false, {"gpu"}));
+  REQUIRE_OK(s.submit(3, "q"));
+  // 1 takes q's one slot on w1, so 2 cannot start; 3 takes the other credit on w2.
+  const auto started = s.dispatch(at_ms(0));
+  REQUIRE(started.size() == 2);
+  CHECK(started[0].instance == 1);
+  CHECK(started[0].member == "w1");
+  CHECK(started[1].instance == 3);
+  CHECK(started[1].member == "w2");
+  CHECK(stats(s, "q").window == 2);
+  CHECK(stats(s, "q").state == "no_credit");
+}
+
+TEST_CASE("among the members with every required tag the least loaded wins") {
+  QueueScheduler s;
+  REQUIRE_OK(s.add_or_update_queue(queue("q", 10)));
+  REQUIRE_OK(s.member_joined("a", false, 4));
+  REQUIRE_OK(s.member_joined("b", false, 4, {"gpu"}));
+  REQUIRE_OK(s.member_joined("c", false, 4, {"gpu", "ssd"}));
+  for (Id id = 1; id <= 3; ++id) REQUIRE_OK(s.submit(id, "q", 0, false, {"gpu"}));
+  std::vector<std::string> members;
+  for (const Dispatch& d : s.dispatch(at_ms(0))) members.push_back(d.member);
+  CHECK(members == std::vector<std::string>{"b", "c", "b"});
+}
+
+TEST_CASE("requirements and tags are sets: order and duplicates do not matter, empty tags are refused") {
+  QueueScheduler s;
+  REQUIRE_OK(s.add_or_update_queue(queue("q", 2)));
+  REQUIRE_OK(s.member_joined("w1", false, 2, {"ssd", "gpu", "ssd"}));
+  CHECK(s.all_member_stats().at(0).tags == std::vector<std::string>{"gpu", "ssd"});
+  REQUIRE_OK(s.submit(1, "q", 0, false, {"ssd", "gpu", "gpu"}));
+  REQUIRE_OK(s.submit(2, "q", 0, false, {"gpu", "ssd"}));
+  CHECK(ids_of(s.dispatch(at_ms(0))) == std::vector<Id>{1, 2});
+  CHECK_FALSE(s.submit(3, "q", 0, false, {"gpu", ""}).ok());
+  CHECK_FALSE(s.is_waiting(3));
+  CHECK_FALSE(s.member_joined("w2", false, 1, {""}).ok());
+  CHECK_FALSE(s.member_joined("w1", false, 2, {""}).ok());
+  CHECK(s.all_member_stats().size() == 1);
+  CHECK(s.all_member_stats().at(0).tags == std::vector<std::string>{"gpu", "ssd"});
+  CHECK(stats(s, "q").submitted == 2);
+}
+
+// ---------------------------------------------------------------------------
 // Credits come back exactly once
 
 TEST_CASE("a lost member's credits come back exactly once") {
@@ -617,11 +726,14 @@ TEST_CASE("an adopted instance takes a credit even past the window, and gives it
 
 namespace {
 
+using Tags = std::vector<std::string>;  // sorted, no duplicates
+
 struct ModelWait {
   Id id = 0;
   int priority = 0;
   bool front = false;
   std::uint64_t seq = 0;
+  Tags requires_tags;
 };
 
 bool goes_before(const ModelWait& a, const ModelWait& b) {
@@ -636,6 +748,7 @@ struct ModelRun {
   int slot = 0;
   int queue_slot = 0;
   ModelWait wait;
+  bool retagged = false;  // its member re-joined without a tag it requires
 };
 
 struct ModelHold {
@@ -648,6 +761,7 @@ struct ModelHold {
 struct ModelMember {
   bool master = false;
   int slots = 0;
+  Tags tags;
 };
 
 struct ModelCounts {
@@ -703,10 +817,18 @@ struct Model {
     return used;
   }
 
-  bool usable(const std::string& q, const std::string& m) const {
+  bool has_tags(const std::string& m, const Tags& required) const {
+    const Tags& have = members.at(m).tags;
+    for (const std::string& tag : required) {
+      if (std::find(have.begin(), have.end(), tag) == have.end()) return false;
+    }
+    return true;
+  }
+
+  bool usable(const std::string& q, const std::string& m, const Tags& required) const {
     const auto e = eligible(queues.at(q));
     return std::find(e.begin(), e.end(), m) != e.end() && load(m) < members.at(m).slots &&
-           lane_used(q, m) < queues.at(q).max_parallel;
+           lane_used(q, m) < queues.at(q).max_parallel && has_tags(m, required);
   }
 
   bool less_loaded(const std::string& a, const std::string& b) const {
@@ -715,24 +837,30 @@ struct Model {
     return la != lb ? la < lb : a < b;
   }
 
-  std::optional<std::string> best_member(const std::string& q) const {
+  std::optional<std::string> best_member(const std::string& q, const Tags& required) const {
     std::optional<std::string> best;
     for (const auto& [name, m] : members) {
-      if (usable(q, name) && (!best || less_loaded(name, *best))) best = name;
+      if (usable(q, name, required) && (!best || less_loaded(name, *best))) best = name;
     }
     return best;
   }
 
-  const ModelWait* head(const std::string& q) const {
-    const ModelWait* best = nullptr;
+  const ModelWait* find_waiting(const std::string& q, Id id) const {
     for (const ModelWait& w : waiting.at(q)) {
-      if (best == nullptr || goes_before(w, *best)) best = &w;
+      if (w.id == id) return &w;
     }
-    return best;
+    return nullptr;
+  }
+
+  // The instance could start now: a free credit, and a usable member with
+  // every tag it requires.
+  bool can_start(const std::string& q, const ModelWait& w) const {
+    return running(q) + held(q) < window(q) && best_member(q, w.requires_tags).has_value();
   }
 
   bool placeable(const std::string& q) const {
-    return !waiting.at(q).empty() && running(q) + held(q) < window(q) && best_member(q).has_value();
+    const auto& list = waiting.at(q);
+    return std::any_of(list.begin(), list.end(), [&](const ModelWait& w) { return can_start(q, w); });
   }
 
   std::optional<TimePoint> next_deadline() const {
@@ -758,6 +886,15 @@ struct Model {
     return false;
   }
 };
+
+// How often the random sequences exercised the tag rules, summed over all of
+// them, so that the test can show it did.
+struct TagCoverage {
+  std::int64_t started_with_requirements = 0;
+  std::int64_t passed_over = 0;  // a start while an earlier instance of its queue had to wait
+  std::int64_t refused_for_tags = 0;  // instances left waiting only for want of a member with their tags
+};
+TagCoverage tag_coverage;
 
 // Drives one random sequence; every REQUIRE failure reports the seed.
 class Sequence {
@@ -789,6 +926,26 @@ class Sequence {
   std::string member_name() {
     static const char* const kNames[] = {"master", "w1", "w2", "w3"};
     return kNames[pick(4)];
+  }
+
+  // Tags from a small alphabet, in random order and with duplicates as a
+  // caller might pass them; `normalized` gets what the scheduler keeps.
+  // `rare` is a tag members almost never have.
+  Tags random_tags(int percent, Tags& normalized) {
+    static const char* const kAlphabet[] = {"gpu", "ssd", "arm", "rare"};
+    Tags given;
+    for (int i = 0; i < 3; ++i) {
+      if (chance(percent)) given.emplace_back(kAlphabet[i]);
+    }
+    if (chance(5)) given.emplace_back(kAlphabet[3]);
+    if (!given.empty() && chance(20)) {
+      given.push_back(given[static_cast<std::size_t>(pick(static_cast<int>(given.size())))]);
+    }
+    std::shuffle(given.begin(), given.end(), rng_);
+    normalized = given;
+    std::sort(normalized.begin(), normalized.end());
+    normalized.erase(std::unique(normalized.begin(), normalized.end()), normalized.end());
+    return given;
   }
 
   QueueConfig random_config(const std::string& name) {
@@ -828,12 +985,17 @@ class Sequence {
     if (chance(3) && !model_.runs.empty()) id = pick_key(model_.runs);
     const int priority = pick(4) - 1;
     const bool front = chance(10);
-    last_event_ = "submit " + std::to_string(id) + " to " + q;
-    const auto result = s_.submit(id, q, priority, front);
-    const bool expected = model_.queues.contains(q) && !model_.known(id);
+    Tags required;
+    Tags given = chance(50) ? Tags{} : random_tags(35, required);
+    const bool bad_tag = chance(2);
+    if (bad_tag) given.emplace_back();
+    last_event_ =
+        "submit " + std::to_string(id) + " to " + q + " requiring " + std::to_string(required.size()) + " tags";
+    const auto result = s_.submit(id, q, priority, front, given);
+    const bool expected = model_.queues.contains(q) && !model_.known(id) && !bad_tag;
     REQUIRE_MESSAGE(result.ok() == expected, why(result));
     if (!expected) return;
-    model_.waiting[q].push_back(ModelWait{id, priority, front, model_.seq++});
+    model_.waiting[q].push_back(ModelWait{id, priority, front, model_.seq++, required});
     ++model_.counts[q].submitted;
   }
 
@@ -900,12 +1062,21 @@ class Sequence {
     bool master = name == "master";
     if (chance(5)) master = !master;
     const int slots = chance(10) ? 0 : 1 + pick(3);
-    last_event_ = "join " + name + " slots " + std::to_string(slots);
-    const auto result = s_.member_joined(name, master, slots);
+    Tags tags;
+    Tags given = random_tags(45, tags);
+    const bool bad_tag = chance(2);
+    if (bad_tag) given.emplace_back();
+    last_event_ = "join " + name + " slots " + std::to_string(slots) + " tags " + std::to_string(tags.size());
+    const auto result = s_.member_joined(name, master, slots, given);
     auto found = model_.members.find(name);
-    const bool expected = found == model_.members.end() || found->second.master == master;
+    const bool expected = (found == model_.members.end() || found->second.master == master) && !bad_tag;
     REQUIRE_MESSAGE(result.ok() == expected, why(result));
-    if (expected) model_.members[name] = ModelMember{master, slots};
+    if (!expected) return;
+    model_.members[name] = ModelMember{master, slots, tags};
+    // What runs there keeps its credit, even if the member lost a tag it requires.
+    for (auto& [id, run] : model_.runs) {
+      if (run.member == name && !model_.has_tags(name, run.wait.requires_tags)) run.retagged = true;
+    }
   }
 
   void gone() {
@@ -925,8 +1096,10 @@ class Sequence {
     REQUIRE(*result == expected_ids);
 
     std::vector<std::string> queues_of;
+    std::vector<Tags> tags_of;
     for (Id id : expected_ids) {
       queues_of.push_back(model_.runs.at(id).queue);
+      tags_of.push_back(model_.runs.at(id).wait.requires_tags);
       ++model_.counts[model_.runs.at(id).queue].lost;
       model_.runs.erase(id);
     }
@@ -939,8 +1112,8 @@ class Sequence {
       return;
     }
     for (std::size_t i = 0; i < expected_ids.size(); ++i) {
-      REQUIRE_OK(s_.submit(expected_ids[i], queues_of[i], 0, true));
-      model_.waiting[queues_of[i]].push_back(ModelWait{expected_ids[i], 0, true, model_.seq++});
+      REQUIRE_OK(s_.submit(expected_ids[i], queues_of[i], 0, true, tags_of[i]));
+      model_.waiting[queues_of[i]].push_back(ModelWait{expected_ids[i], 0, true, model_.seq++, tags_of[i]});
       ++model_.counts[queues_of[i]].submitted;
     }
   }
@@ -983,7 +1156,7 @@ class Sequence {
     const auto result = s_.adopt(id, q, m);
     REQUIRE_OK(result);
     check_fresh_slots(*result);
-    model_.runs[id] = ModelRun{q, m, result->slot, result->queue_slot, ModelWait{id, 0, true, model_.seq++}};
+    model_.runs[id] = ModelRun{q, m, result->slot, result->queue_slot, ModelWait{id, 0, true, model_.seq++, {}}};
     ++model_.counts[q].adopted;
   }
 
@@ -1009,10 +1182,13 @@ class Sequence {
     REQUIRE(started.size() <= max_count);
     for (const Dispatch& d : started) check_and_apply(d);
     if (started.size() < max_count) {
-      // Nothing that could start is left waiting.
+      // Nothing that could start is left waiting, with or without requirements.
       for (const auto& [q, config] : model_.queues) {
         INFO("queue " << q << " could still start an instance");
         REQUIRE_FALSE(model_.placeable(q));
+        for (const ModelWait& w : model_.waiting.at(q)) {
+          if (!w.requires_tags.empty() && model_.can_start(q, ModelWait{})) ++tag_coverage.refused_for_tags;
+        }
       }
     }
   }
@@ -1021,23 +1197,34 @@ class Sequence {
     INFO("dispatch " << d.instance << " of " << d.queue << " on " << d.member << " slot " << d.slot << "/"
                      << d.queue_slot);
     REQUIRE(model_.queues.contains(d.queue));
-    const ModelWait* head = model_.head(d.queue);
-    REQUIRE(head != nullptr);
-    REQUIRE(head->id == d.instance);  // the queue's order is kept
+    const ModelWait* chosen = model_.find_waiting(d.queue, d.instance);
+    REQUIRE(chosen != nullptr);
     REQUIRE(model_.members.contains(d.member));
-    // A free credit in the window, an eligible member with a free member slot
-    // and a free queue slot: run_on, window, slots and max_parallel all hold.
+    // A free credit in the window, an eligible member with every required
+    // tag, a free member slot and a free queue slot: run_on, tags, window,
+    // slots and max_parallel all hold.
     REQUIRE(model_.running(d.queue) + model_.held(d.queue) < model_.window(d.queue));
-    REQUIRE(model_.usable(d.queue, d.member));
-    REQUIRE(model_.best_member(d.queue) == d.member);  // least loaded first
+    REQUIRE(model_.has_tags(d.member, chosen->requires_tags));
+    REQUIRE(model_.usable(d.queue, d.member, chosen->requires_tags));
+    REQUIRE(model_.best_member(d.queue, chosen->requires_tags) == d.member);  // least loaded first
     REQUIRE(d.slot < model_.members.at(d.member).slots);
     REQUIRE(d.queue_slot < model_.queues.at(d.queue).max_parallel);
     check_fresh_slots(d);
-    // No other queue that could start now has an earlier head.
-    for (const auto& [q, config] : model_.queues) {
-      if (q != d.queue && model_.placeable(q)) REQUIRE_FALSE(goes_before(*model_.head(q), *head));
+    // No instance that could start now, of this queue or another, goes
+    // before it. Within a queue whose instances require nothing, that is its
+    // head; an instance that cannot start is passed over.
+    for (const auto& [q, list] : model_.waiting) {
+      for (const ModelWait& w : list) {
+        if (w.id == chosen->id || !goes_before(w, *chosen)) continue;
+        REQUIRE_FALSE(model_.can_start(q, w));
+        if (q == d.queue) {
+          REQUIRE_FALSE(w.requires_tags.empty());  // only for want of a member with its tags
+          ++tag_coverage.passed_over;
+        }
+      }
     }
-    const ModelWait wait = *head;
+    if (!chosen->requires_tags.empty()) ++tag_coverage.started_with_requirements;
+    const ModelWait wait = *chosen;
     std::erase_if(model_.waiting[d.queue], [&](const ModelWait& w) { return w.id == d.instance; });
     REQUIRE_FALSE(model_.runs.contains(d.instance));
     model_.runs[d.instance] = ModelRun{d.queue, d.member, d.slot, d.queue_slot, wait};
@@ -1081,7 +1268,14 @@ class Sequence {
       REQUIRE(m.is_master == member->second.master);
       REQUIRE(m.slots == member->second.slots);
       REQUIRE(m.in_flight == model_.load(m.name));
+      REQUIRE(m.tags == member->second.tags);
       ++member;
+    }
+    // No instance runs on a member lacking one of its tags, unless the member
+    // dropped the tag by re-joining after the instance started.
+    for (const auto& [id, run] : model_.runs) {
+      INFO("instance " << id << " on " << run.member);
+      REQUIRE((model_.has_tags(run.member, run.wait.requires_tags) || run.retagged));
     }
     for (const auto& [id, run] : model_.runs) {
       const auto credit = s_.in_flight(id);
@@ -1129,5 +1323,13 @@ TEST_CASE("random event sequences keep every credit rule (brute-force model afte
     const std::uint32_t seed = first + static_cast<std::uint32_t>(i);
     INFO("seed " << seed << " (replay with ZF_QS_SEED=" << seed << ")");
     Sequence(seed).run(80);
+  }
+  if (sequences > 1) {
+    MESSAGE("started with requirements: " << tag_coverage.started_with_requirements
+                                          << ", passed over: " << tag_coverage.passed_over
+                                          << ", left waiting for tags: " << tag_coverage.refused_for_tags);
+    CHECK(tag_coverage.started_with_requirements > 1000);
+    CHECK(tag_coverage.passed_over > 100);
+    CHECK(tag_coverage.refused_for_tags > 100);
   }
 }

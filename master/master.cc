@@ -148,7 +148,13 @@ void Master::end_turn() {
       auto it = instances_.find(id);
       if (it == instances_.end()) continue;
       Instance& inst = it->second;
-      if (s.ok()) s = store_->upsert_instance(to_record(inst));
+      // Assigned and running change only a few columns of a row already stored.
+      bool progress_only = inst.persisted_transitions > 0 && !inst.cancel_requested &&
+                           (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
+      if (s.ok())
+        s = progress_only ? store_->update_progress(id, inst.state, inst.attempt, inst.member, inst.slot,
+                                                    inst.history.back().ts_us)
+                          : store_->upsert_instance(to_record(inst));
       for (size_t k = inst.persisted_transitions; k < inst.history.size() && s.ok(); ++k) {
         const auto& t = inst.history[k];
         s = store_->add_transition(id, {static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});

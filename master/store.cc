@@ -474,7 +474,7 @@ struct Store::Impl {
   // Prepared once, at open (SQLITE_PREPARE_PERSISTENT).
   StmtPtr begin, commit, rollback;
   StmtPtr put_job, remove_job, put_queue, remove_queue;
-  StmtPtr upsert_instance, add_transition, set_meta, get_meta, all_meta;
+  StmtPtr upsert_instance, update_progress, add_transition, set_meta, get_meta, all_meta;
   StmtPtr load_jobs, load_queues, load_live, load_history, load_instance, max_instance_id;
   StmtPtr prune_transitions, prune_instances;
   // list_instances: one statement per combination of filters (job, state,
@@ -519,6 +519,7 @@ struct Store::Impl {
          "source_name=excluded.source_name, toml=excluded.toml"},
         {&remove_queue, "DELETE FROM queues WHERE name = ?"},
         {&upsert_instance, upsert},
+        {&update_progress, "UPDATE instances SET state=?, attempt=?, member=?, slot=?, updated_us=? WHERE id=?"},
         {&add_transition,
          "INSERT OR REPLACE INTO transitions (instance, seq, state, ts_us, attempt, member, exit_code) "
          "VALUES (?,?,?,?,?,?,?)"},
@@ -699,6 +700,7 @@ Store::~Store() {
   impl_->put_queue.reset();
   impl_->remove_queue.reset();
   impl_->upsert_instance.reset();
+  impl_->update_progress.reset();
   impl_->add_transition.reset();
   impl_->set_meta.reset();
   impl_->get_meta.reset();
@@ -801,6 +803,14 @@ Status Store::upsert_instance(const InstanceRecord& r) {
       .i64(r.cancel_requested ? 1 : 0)
       .opt_i64(r.retry_at_us);
   return impl_->finish_write(u, "cannot store instance " + std::to_string(r.id));
+}
+
+Status Store::update_progress(uint64_t id, InstanceState state, uint32_t attempt, const std::string& member, int slot,
+                              int64_t updated_us) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->update_progress.get());
+  u.text(db_state_name(state)).i64(attempt).text(member).i64(slot).i64(updated_us).i64(static_cast<int64_t>(id));
+  return impl_->finish_write(u, "cannot store instance " + std::to_string(id));
 }
 
 Status Store::add_transition(uint64_t instance_id, const TransitionRecord& t) {

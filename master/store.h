@@ -169,6 +169,10 @@ class Store {
   Status put_queue(const QueueRecord& queue);
   Status remove_queue(const std::string& name);
   Status upsert_instance(const InstanceRecord& instance);  // by id; history ignored
+  // The few columns that change while an instance is assigned or running,
+  // cheaper than a whole upsert; the row must exist.
+  Status update_progress(uint64_t id, InstanceState state, uint32_t attempt, const std::string& member, int slot,
+                         int64_t updated_us);
   Status add_transition(uint64_t instance_id, const TransitionRecord& transition);  // by (id, seq)
   Status set_meta(std::string_view key, std::string_view value);
   Status set_next_instance_id(uint64_t next);

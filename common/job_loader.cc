@@ -6,6 +6,8 @@
 
 #include <toml++/toml.h>
 
+#include "common/toml_context.h"
+
 #include "common/builtins.h"
 
 namespace zf {
@@ -16,31 +18,7 @@ namespace {
 // so that files written for a later version fail clearly rather than oddly.
 const std::set<std::string_view> kPlannedStepKinds = {"choose", "for_each", "try", "call"};
 
-// Builds "file:line:col: field 'path': what" messages for one job file.
-class Context {
- public:
-  explicit Context(std::string_view source) : source_(source) {}
-
-  Error at(const toml::node* node, std::string_view field, std::string_view what) const {
-    std::string where(source_);
-    if (node && node->source().begin) {
-      where += ":" + std::to_string(node->source().begin.line) + ":" +
-               std::to_string(node->source().begin.column);
-    }
-    std::string msg = where + ": ";
-    if (!field.empty()) msg += "field '" + std::string(field) + "': ";
-    msg += what;
-    return make_error(std::move(msg));
-  }
-
- private:
-  std::string source_;
-};
-
-Result<std::string> get_string(const Context& cx, const toml::node& n, std::string_view field) {
-  if (auto v = n.value<std::string>(); v && n.is_string()) return *v;
-  return cx.at(&n, field, "expected a string");
-}
+using Context = TomlContext;
 
 Result<Millis> get_duration(const Context& cx, const toml::node& n, std::string_view field) {
   auto s = get_string(cx, n, field);

@@ -8,6 +8,8 @@
 
 #include <toml++/toml.h>
 
+#include "common/toml_context.h"
+
 namespace zf {
 
 namespace {
@@ -17,31 +19,7 @@ namespace chr = std::chrono;
 const char* const kAllowedKeys =
     "every, cron, at, watch, start, end, timezone, on_missed, pattern, poll, existing, params";
 
-// Builds "file:line:col: field 'path': what" messages, as the job loader does.
-class Context {
- public:
-  explicit Context(std::string_view source) : source_(source) {}
-
-  Error at(const toml::node* node, std::string_view field, std::string_view what) const {
-    std::string where(source_);
-    if (node && node->source().begin) {
-      where += ":" + std::to_string(node->source().begin.line) + ":" +
-               std::to_string(node->source().begin.column);
-    }
-    std::string msg = where + ": ";
-    if (!field.empty()) msg += "field '" + std::string(field) + "': ";
-    msg += what;
-    return make_error(std::move(msg));
-  }
-
- private:
-  std::string source_;
-};
-
-Result<std::string> get_string(const Context& cx, const toml::node& n, std::string_view field) {
-  if (auto v = n.value<std::string>(); v && n.is_string()) return *v;
-  return cx.at(&n, field, "expected a string");
-}
+using Context = TomlContext;
 
 Result<Millis> get_duration(const Context& cx, const toml::node& n, std::string_view field, Millis lo,
                             Millis hi) {

@@ -38,6 +38,19 @@ std::string read_file(const std::string& path) {
 }
 }  // namespace
 
+json parse_ok(const CmdResult& r) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit_code == 0);
+  return json::parse(r.out);
+}
+
+bool process_gone(pid_t pid) {
+  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (stat.empty()) return true;
+  auto close = stat.rfind(')');
+  return close != std::string::npos && stat.size() > close + 2 && stat[close + 2] == 'Z';
+}
+
 Cluster::Cluster() {
   std::string tmpl = (fs::temp_directory_path() / "zforce-test.XXXXXX").string();
   REQUIRE(mkdtemp(tmpl.data()) != nullptr);

@@ -85,5 +85,9 @@ class Cluster {
 };
 
 std::string bin(const char* env_name);
+// The client's JSON output; the command must have succeeded.
+json parse_ok(const CmdResult& r);
+// True once /proc has no entry for pid, or only a zombie.
+bool process_gone(pid_t pid);
 
 }  // namespace zf::test

@@ -17,23 +17,8 @@ using namespace zf::test;
 
 namespace {
 
-json parse_json(const CmdResult& r) {
-  INFO("stdout: " << r.out << "\nstderr: " << r.err);
-  REQUIRE(r.exit_code == 0);
-  return json::parse(r.out);
-}
-
 bool all_members_joined(Cluster& c, size_t n) {
   return c.wait_for([&] { return c.count("member.joined") >= n; }, 10s);
-}
-
-bool process_gone(pid_t pid) {
-  std::string path = "/proc/" + std::to_string(pid) + "/stat";
-  std::ifstream in(path);
-  if (!in) return true;
-  std::string stat((std::istreambuf_iterator<char>(in)), {});
-  auto close = stat.rfind(')');
-  return close != std::string::npos && stat.size() > close + 2 && stat[close + 2] == 'Z';  // zombie = dead
 }
 
 }  // namespace
@@ -77,13 +62,13 @@ text = "second step for {{who}}"
   CHECK(done["member"] == "w1");
   CHECK(done["exit_code"] == 0);
 
-  auto show = parse_json(c.zforce({"--json", "instance", "show", "1"}));
+  auto show = parse_ok(c.zforce({"--json", "instance", "show", "1"}));
   CHECK(show["state"] == "succeeded");
   CHECK(show["params"]["who"] == "zforce");
   CHECK(show["history"].size() == 4);
 
   // --json after the subcommand works too.
-  auto list = parse_json(c.zforce({"job", "list", "--json"}));
+  auto list = parse_ok(c.zforce({"job", "list", "--json"}));
   CHECK(list["jobs"][0]["name"] == "hello");
 }
 
@@ -130,7 +115,7 @@ TEST_CASE("1,000 instances of true through a master with two workers all succeed
   CHECK(per_member["w1"] > 100);
   CHECK(per_member["w2"] > 100);
 
-  auto st = parse_json(c.zforce({"--json", "instances", "--state", "succeeded", "--limit", "0"}));
+  auto st = parse_ok(c.zforce({"--json", "instances", "--state", "succeeded", "--limit", "0"}));
   CHECK(st["instances"].size() == 1000);
 }
 
@@ -143,7 +128,7 @@ TEST_CASE("a failing command fails its instance, and run --wait says so") {
   auto r = c.zforce({"run", "f", "--wait"});
   CHECK(r.exit_code == 1);
   CHECK(r.out == "oops\n");
-  auto show = parse_json(c.zforce({"--json", "instance", "show", "1"}));
+  auto show = parse_ok(c.zforce({"--json", "instance", "show", "1"}));
   CHECK(show["state"] == "failed");
   CHECK(show["exit_code"] == 3);
   CHECK(show["failed_step"] == 0);
@@ -169,7 +154,7 @@ timeout = "500ms"
   REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
   auto r = c.zforce({"run", "slow", "--wait"});
   CHECK(r.exit_code == 1);
-  auto show = parse_json(c.zforce({"--json", "instance", "show", "1"}));
+  auto show = parse_ok(c.zforce({"--json", "instance", "show", "1"}));
   CHECK(show["state"] == "timed_out");
   CHECK(show["error"].get<std::string>().find("timeout") != std::string::npos);
   std::istringstream pids(show["output"].get<std::string>());

@@ -21,12 +21,6 @@ using namespace zf::test;
 
 namespace {
 
-json parse_ok(const CmdResult& r) {
-  INFO("stdout: " << r.out << "\nstderr: " << r.err);
-  REQUIRE(r.exit_code == 0);
-  return json::parse(r.out);
-}
-
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;

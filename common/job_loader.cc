@@ -385,10 +385,6 @@ Result<Job> load_job_file(const std::string& path) {
   return parse_job(ss.str(), path);
 }
 
-}  // namespace zf
-
-namespace zf {
-
 Result<QueueConfig> parse_queue(std::string_view toml_text, std::string_view source_name) {
   Context cx(source_name);
   auto parsed = parse_toml(toml_text, source_name);

@@ -92,28 +92,11 @@ static_assert(std::size(kMigrations) == kStoreSchemaVersion, "one migration step
 constexpr const char* kMetaNextInstanceId = "next_instance_id";
 constexpr const char* kMetaLastEventSeq = "last_event_seq";
 
-// The names states have in the database. They are part of the file format:
-// never change one (a new state gets a new name).
-const char* db_state_name(InstanceState s) {
-  switch (s) {
-    case InstanceState::Queued: return "queued";
-    case InstanceState::Assigned: return "assigned";
-    case InstanceState::Running: return "running";
-    case InstanceState::Succeeded: return "succeeded";
-    case InstanceState::Failed: return "failed";
-    case InstanceState::Cancelled: return "cancelled";
-    case InstanceState::TimedOut: return "timed_out";
-    case InstanceState::Lost: return "lost";
-  }
-  return "?";
-}
-
-std::optional<InstanceState> parse_db_state(std::string_view name) {
-  for (auto s : {InstanceState::Queued, InstanceState::Assigned, InstanceState::Running, InstanceState::Succeeded,
-                 InstanceState::Failed, InstanceState::Cancelled, InstanceState::TimedOut, InstanceState::Lost})
-    if (name == db_state_name(s)) return s;
-  return std::nullopt;
-}
+// States are stored by the names the wire protocol uses (state_name): those
+// never change meaning, so the file format inherits that promise.
+// A view of a string literal: safe to bind with SQLITE_STATIC.
+std::string_view db_state_name(InstanceState s) { return state_name(s); }
+std::optional<InstanceState> parse_db_state(std::string_view name) { return parse_state(name); }
 
 // The SQL list of live state names, for WHERE clauses.
 constexpr const char* kLiveStatesSql = "('queued','assigned','running')";

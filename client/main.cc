@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "client/api_client.h"
+#include "common/curve_keys.h"
 #include "common/duration.h"
 #include "common/protocol.h"
 #include "common/zmq_util.h"
@@ -71,6 +73,28 @@ std::string event_line(const json& e) {
   return s;
 }
 
+std::string format_date(double ts) {
+  auto secs = static_cast<time_t>(ts);
+  std::tm tm{};
+  localtime_r(&secs, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+// --key/--master-key, or ZFORCE_KEY/ZFORCE_MASTER_KEY: both or neither.
+zf::Result<std::optional<zf::ClientKeys>> load_client_keys(const std::string& key_file,
+                                                           const std::string& master_key_file) {
+  if (key_file.empty() && master_key_file.empty()) return std::optional<zf::ClientKeys>{};
+  if (key_file.empty() || master_key_file.empty())
+    return zf::Error{"--key and --master-key (ZFORCE_KEY and ZFORCE_MASTER_KEY) go together: CURVE needs both"};
+  auto key = zf::load_secret(key_file);
+  if (!key.ok()) return zf::Error{"--key: " + key.error().message};
+  auto master = zf::load_public(master_key_file);
+  if (!master.ok()) return zf::Error{"--master-key: " + master.error().message};
+  return std::optional<zf::ClientKeys>{zf::ClientKeys{*key, *master}};
+}
+
 volatile sig_atomic_t g_interrupted = 0;
 void on_interrupt(int) { g_interrupted = 1; }
 
@@ -89,6 +113,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--json", as_json, "machine-readable output");
   app.add_option("--timeout", timeout_s, "how long to wait for the master's answer")->capture_default_str();
+  std::string key_file = env_or("ZFORCE_KEY", ""), master_key_file = env_or("ZFORCE_MASTER_KEY", "");
+  app.add_option("--key", key_file, "this client's secret key file, NAME.key (env ZFORCE_KEY)");
+  app.add_option("--master-key", master_key_file, "the master's public key file, master.pub (env ZFORCE_MASTER_KEY)");
+
+  auto* keygen = app.add_subcommand("keygen", "write a CURVE key pair NAME.key (0600) and NAME.pub; never overwrites");
+  std::string keygen_name, keygen_dir = ".";
+  keygen->add_option("name", keygen_name, "the key's name: the worker's or client's name")->required();
+  keygen->add_option("--dir", keygen_dir, "folder to write the two files into")->capture_default_str();
 
   auto* job = app.add_subcommand("job", "manage jobs")->require_subcommand(1);
   std::vector<std::string> put_files;
@@ -140,10 +172,20 @@ int main(int argc, char** argv) {
   auto* cancel = app.add_subcommand("cancel", "cancel an instance");
   cancel->add_option("id", inst_id)->required();
   auto* workers = app.add_subcommand("workers", "list cluster members");
+  bool workers_pending = false;
+  workers->add_flag("--pending", workers_pending, "list worker keys waiting for approval instead (master with --keys)");
   auto* worker_cmd = app.add_subcommand("worker", "act on one member")->require_subcommand(1);
   std::string member_name;
   auto* worker_drain = worker_cmd->add_subcommand("drain", "take nothing new; finish what runs; then leave");
   worker_drain->add_option("name", member_name)->required();
+  std::string approve_key;
+  auto* worker_approve = worker_cmd->add_subcommand("approve", "admit a pending worker key as worker NAME");
+  worker_approve->add_option("name", member_name)->required();
+  worker_approve->add_option("--key", approve_key,
+                             "which pending key: a fingerprint prefix or the Z85 key (needed when several are "
+                             "pending); the client's own key goes before the subcommand or in ZFORCE_KEY");
+  auto* worker_remove = worker_cmd->add_subcommand("remove", "revoke worker NAME's key and drop it from the cluster now");
+  worker_remove->add_option("name", member_name)->required();
   auto* stats = app.add_subcommand("stats", "the master's counters");
 
   auto* tap = app.add_subcommand("tap", "print the live event tap");
@@ -159,6 +201,27 @@ int main(int argc, char** argv) {
   auto timeout = zf::parse_duration(timeout_s);
   if (!timeout.ok()) {
     std::cerr << "zforce: --timeout: " << timeout.error().message << "\n";
+    return 64;
+  }
+  if (keygen->parsed()) {  // local: no master involved
+    auto kp = zf::write_key_pair(keygen_dir, keygen_name);
+    if (!kp.ok()) {
+      std::cerr << "zforce: keygen: " << kp.error().message << "\n";
+      return 1;
+    }
+    std::string base = (std::filesystem::path(keygen_dir) / keygen_name).string();
+    std::string fp = zf::fingerprint(kp->public_key);
+    if (as_json)
+      std::cout << dump({{"name", keygen_name}, {"key", base + ".key"}, {"pub", base + ".pub"}, {"fingerprint", fp}})
+                << "\n";
+    else
+      std::cout << "wrote " << base << ".key (secret, mode 0600: keep it on this host) and " << base
+                << ".pub\nfingerprint " << fp << "\n";
+    return 0;
+  }
+  auto keys = load_client_keys(key_file, master_key_file);
+  if (!keys.ok()) {
+    std::cerr << "zforce: " << keys.error().message << "\n";
     return 64;
   }
   zmq::context_t ctx(1);
@@ -179,6 +242,8 @@ int main(int argc, char** argv) {
     sub.set(zmq::sockopt::rcvhwm, 1'000'000);
     sub.set(zmq::sockopt::linger, 0);
     sub.set(zmq::sockopt::subscribe, tap_prefix);
+    zf::apply_client_keys(sub, *keys);
+    auto monitor = zf::HandshakeMonitor::attach(ctx, sub);  // a refused tap must not wait in silence
     sub.connect(events_ep);
     uint64_t seen = 0, last_seq = 0;
     std::vector<zmq::message_t> parts;
@@ -189,13 +254,21 @@ int main(int argc, char** argv) {
         if (left.count() <= 0) break;
         wait = std::min(wait, left);
       }
-      zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::pollitem_t items[] = {{sub.handle(), 0, ZMQ_POLLIN, 0},
+                                 {monitor.ok() ? (*monitor)->socket().handle() : nullptr, -1,
+                                  static_cast<short>(monitor.ok() ? ZMQ_POLLIN : 0), 0}};
       try {
-        zmq::poll(&item, 1, wait);
+        zmq::poll(items, 2, wait);
       } catch (const zmq::error_t& e) {
         if (e.num() == EINTR) continue;  // SIGINT/SIGTERM: the loop condition ends it
         throw;
       }
+      if (items[1].revents & ZMQ_POLLIN)
+        for (const auto& e : (*monitor)->take())
+          if (auto why = zf::client_handshake_error(e, *keys, events_ep)) {
+            std::cerr << "zforce: " << *why << "\n";
+            return 1;
+          }
       while (zf::recv_multipart(sub, parts)) {
         if (parts.size() != 2) continue;
         auto d = zf::proto::decode(parts[1].data(), parts[1].size());
@@ -213,7 +286,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  zf::ApiClient api(ctx, api_ep);
+  zf::ApiClient api(ctx, api_ep, *keys);
   auto call = [&](const std::string& op, const json& args) -> zf::Result<json> {
     return api.call(op, args, *timeout);
   };
@@ -394,6 +467,38 @@ int main(int argc, char** argv) {
     if (!r.ok()) return fail(r.error());
     if (as_json) std::cout << dump(*r) << "\n";
     else std::cout << "instance " << inst_id << " " << (*r)["state"].get<std::string>() << "\n";
+    return 0;
+  }
+  if (workers->parsed() && workers_pending) {
+    auto r = call("workers.pending", json::object());
+    if (!r.ok()) return fail(r.error());
+    if (as_json) { std::cout << dump(*r) << "\n"; return 0; }
+    if (!r->value("keyed", false)) {
+      std::cout << "the master runs without keys: every worker gets in, none waits for approval\n";
+      return 0;
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& p : (*r)["pending"])
+      rows.push_back({cell(p, "fingerprint"), cell(p, "address"), format_date(p.value("first_seen", 0.0)),
+                      format_date(p.value("last_seen", 0.0)), cell(p, "attempts")});
+    print_table({"FINGERPRINT", "ADDRESS", "FIRST_SEEN", "LAST_SEEN", "ATTEMPTS"}, rows);
+    return 0;
+  }
+  if (worker_approve->parsed() || worker_remove->parsed()) {
+    json args = {{"name", member_name}};
+    if (worker_approve->parsed() && !approve_key.empty()) args["key"] = approve_key;
+    auto r = call(worker_approve->parsed() ? "worker.approve" : "worker.remove", args);
+    if (!r.ok()) return fail(r.error());
+    if (as_json) std::cout << dump(*r) << "\n";
+    else if (worker_approve->parsed())
+      std::cout << "approved " << member_name << " (key " << cell(*r, "fingerprint")
+                << "): it gets in on its next connection attempt\n";
+    else
+      std::cout << "removed " << member_name << " (key " << cell(*r, "fingerprint") << " revoked)"
+                << ((*r).value("dropped", false) ? "; dropped from the cluster, " + cell(*r, "lost") +
+                                                        " instance(s) lost and re-queued"
+                                                  : "")
+                << "\n";
     return 0;
   }
   if (workers->parsed()) {

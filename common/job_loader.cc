@@ -1,12 +1,15 @@
 #include "common/job_loader.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <utility>
+#include <vector>
 
-#include <toml++/toml.h>
-
-#include "common/toml_context.h"
+#include "common/toml_context.h"  // toml++, included the one way (see there)
 
 #include "common/builtins.h"
 
@@ -163,31 +166,30 @@ Result<Step> load_step(const Context& cx, const toml::node& n, size_t index, con
       }
       step.env = std::move(*m);
     } else if (builtin) {
-      bool allowed = false;
-      for (auto a : builtin->required) allowed = allowed || a == key;
-      for (auto a : builtin->optional) allowed = allowed || a == key;
-      if (!allowed) return cx.at(&v, field, "unknown argument for builtin '" + step.builtin + "'");
+      const BuiltinArg* arg = builtin->find_arg(key);
+      if (!arg)
+        return cx.at(&v, field, "unknown argument for builtin '" + step.builtin + "' (allowed: " +
+                                    builtin->arg_names() + ")");
+      // Integers and booleans are kept as text, like parameter defaults, so
+      // that `overwrite = true` reads as TOML and as "true" alike.
       std::string value;
       if (v.is_string()) value = *v.value<std::string>();
       else if (v.is_integer()) value = std::to_string(*v.value<int64_t>());
+      else if (v.is_boolean()) value = *v.value<bool>() ? "true" : "false";
       else return cx.at(&v, field, "expected a string");
       if (auto c = check_templates(cx, v, field, value, params); !c.ok()) return c.error();
+      // A value with a template is checked by the worker once substituted.
+      if (value.find("{{") == std::string::npos)
+        if (auto c = check_builtin_arg(*arg, value); !c.ok()) return cx.at(&v, field, c.error().message);
       step.args[key] = value;
     } else {
       return cx.at(&v, field, "unknown field (allowed: run, builtin, name, timeout, cwd, env)");
     }
   }
   if (builtin) {
-    for (auto a : builtin->required)
-      if (!step.args.count(std::string(a)))
-        return cx.at(&n, prefix, "builtin '" + step.builtin + "' needs '" + std::string(a) + "'");
-    if (step.builtin == "sleep") {
-      const auto& d = step.args["duration"];
-      if (d.find("{{") == std::string::npos) {
-        if (auto r = parse_duration(d); !r.ok())
-          return cx.at((*t)["duration"].node(), prefix + ".duration", r.error().message);
-      }
-    }
+    for (const auto& a : builtin->args)
+      if (a.required && !step.args.count(std::string(a.name)))
+        return cx.at(&n, prefix, "builtin '" + step.builtin + "' needs '" + std::string(a.name) + "'");
   }
   return step;
 }
@@ -201,15 +203,164 @@ Result<int> get_int(const Context& cx, const toml::node& n, std::string_view fie
   return static_cast<int>(v);
 }
 
+// The code point of the UTF-8 sequence at s[i] and its length; nullopt if
+// the bytes are not valid UTF-8.
+std::optional<std::pair<char32_t, size_t>> utf8_at(std::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const size_t n = b(i) >= 0xF0 ? 4 : b(i) >= 0xE0 ? 3 : b(i) >= 0xC2 ? 2 : 0;
+  if (n == 0 || b(i) > 0xF4 || i + n > s.size()) return std::nullopt;
+  char32_t cp = b(i) & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) {
+    if ((b(i + k) & 0xC0) != 0x80) return std::nullopt;
+    cp = (cp << 6) | (b(i + k) & 0x3F);
+  }
+  const char32_t min = n == 2 ? 0x80 : n == 3 ? 0x800 : 0x10000;
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return std::nullopt;
+  return std::make_pair(cp, n);
+}
+
+// toml++ 3.3.0 (Debian 12) asks "is this a blank?" of every character of a
+// key, of characters outside strings (a bare value runs to the next blank,
+// ',', ']', '}' or '#'), and of the first character after a backslash in a
+// string, with a function that has undefined behaviour for many non-ASCII
+// code points (U+00A1-U+0499 among them; a UBSan finding of tests/fuzz,
+// upstream marzer/tomlplusplus#190 and #295). Valid TOML has non-ASCII text
+// only in string values and comments, so this refuses it anywhere else and
+// after a backslash; except after a line-ending backslash in a multi-line
+// string, which is valid TOML: there it becomes a \U escape, the same
+// string. A quote starts a string only where one can (a key, or a value
+// after '=', '[' or ','). Returns the text to give toml++.
+Result<std::string> avoid_toml_unicode_bug(std::string_view s, std::string_view source_name) {
+  std::string out;
+  out.reserve(s.size());
+  size_t line = 1, line_begin = 0;
+  auto error = [&](size_t at, const std::string& what) {
+    return make_error(std::string(source_name) + ":" + std::to_string(line) + ":" +
+                      std::to_string(at - line_begin + 1) + ": " + what);
+  };
+  auto high = [&](size_t at) { return static_cast<unsigned char>(s[at]) >= 0x80; };
+  std::vector<char> nest;  // the '[' (arrays) and '{' (inline tables) values are in
+  bool in_key = true;        // at a statement start, in a table header, after '{' or ','
+  bool value_start = false;  // after the '=' of a key, or '[' or ',' in an array
+  bool in_header = false;
+  size_t i = 0;
+  if (s.substr(0, 3) == "\xEF\xBB\xBF") {  // a byte order mark, skipped by toml++
+    out.append(s.substr(0, 3));
+    i = 3;
+  }
+  while (i < s.size()) {
+    const char c = s[i];
+    if (c == '\n') {
+      ++line;
+      line_begin = i + 1;
+      if (nest.empty()) {
+        in_key = true;
+        value_start = false;
+      }
+      out += c;
+      ++i;
+    } else if (c == '#') {
+      const size_t end = std::min(s.find('\n', i), s.size());
+      out.append(s.substr(i, end - i));
+      i = end;
+    } else if (c == ' ' || c == '\t' || c == '\r') {
+      out += c;
+      ++i;
+    } else if ((c == '"' || c == '\'') && (in_key || value_start)) {
+      value_start = false;
+      const std::string delim(s.substr(i, 3) == std::string(3, c) ? 3 : 1, c);
+      out += delim;
+      i += delim.size();
+      while (i < s.size()) {
+        if (s.substr(i, delim.size()) == delim) {
+          size_t close = delim.size();
+          while (delim.size() == 3 && close < 5 && i + close < s.size() && s[i + close] == c) ++close;
+          out.append(s.substr(i, close));
+          i += close;
+          break;
+        }
+        if (s[i] == '\n') {
+          if (delim.size() == 1) break;  // unterminated: toml++ says so
+          ++line;
+          line_begin = i + 1;
+        } else if (high(i) && in_key) {
+          return error(i, "non-ASCII characters in keys are not supported");
+        } else if (s[i] == '\\' && c == '"') {
+          size_t j = i + 1;
+          bool line_end = false;
+          for (; j < s.size() && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' || s[j] == '\n'); ++j)
+            line_end = line_end || s[j] == '\n';
+          if (j < s.size() && high(j)) {
+            const auto cp = utf8_at(s, j);
+            if (delim.size() == 1 || !line_end || !cp)
+              return error(j, "a non-ASCII character right after a backslash: write it as \\uXXXX");
+            for (size_t k = i; k < j; ++k) {
+              if (s[k] == '\n') {
+                ++line;
+                line_begin = k + 1;
+              }
+            }
+            char esc[16];
+            std::snprintf(esc, sizeof esc, "\\U%08X", static_cast<unsigned>(cp->first));
+            out.append(s.substr(i, j - i)).append(esc);
+            i = j + cp->second;
+            continue;
+          }
+          if (i + 1 < s.size() && s[i + 1] != '\n') out += s[i++];  // so that \" does not end the string
+        }
+        out += s[i++];
+      }
+    } else if (value_start && std::string_view("[{]},").find(c) == std::string_view::npos) {
+      // A bare value (number, date, boolean): toml++ reads it to a terminator.
+      value_start = false;
+      while (i < s.size() && std::string_view(" \t\r\n\v\f,]}#").find(s[i]) == std::string_view::npos) {
+        if (high(i)) return error(i, "non-ASCII characters are allowed only in strings and comments");
+        out += s[i++];
+      }
+    } else if (high(i)) {
+      return error(i, "non-ASCII characters are allowed only in strings and comments");
+    } else {
+      const bool was_key = in_key;
+      value_start = false;
+      if (c == '[' && in_key && nest.empty()) {
+        in_header = true;
+      } else if (c == ']' && in_header) {
+        in_header = in_key = false;
+      } else if (c == '[' || c == '{') {
+        nest.push_back(c);
+        in_key = c == '{';
+        value_start = c == '[';
+      } else if ((c == ']' || c == '}') && !nest.empty()) {
+        nest.pop_back();
+        in_key = false;
+      } else if (c == ',' && !nest.empty()) {
+        in_key = nest.back() == '{';
+        value_start = nest.back() == '[';
+      } else if (c == '=' && !in_header) {
+        in_key = false;
+        value_start = was_key;
+      }
+      out += c;
+      ++i;
+    }
+  }
+  return out;
+}
+
 // TOML syntax errors, with the file, line and column of the problem.
-Result<toml::table> parse_toml(std::string_view text, std::string_view source_name) {
+Result<toml::table> parse_toml(std::string_view original, std::string_view source_name) {
+  auto text = avoid_toml_unicode_bug(original, source_name);
+  if (!text.ok()) return text.error();
   try {
-    return toml::parse(text, source_name);
+    return toml::parse(*text, source_name);
   } catch (const toml::parse_error& e) {
     std::ostringstream msg;
     msg << source_name << ":" << e.source().begin.line << ":" << e.source().begin.column << ": "
         << e.description();
     return make_error(msg.str());
+  } catch (const TomlCheckFailed& e) {
+    // toml++ has no position for these; they are rare, malformed files.
+    return make_error(std::string(source_name) + ": not valid TOML (the parser's check '" + e.what() + "' failed)");
   }
 }
 

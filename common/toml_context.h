@@ -2,12 +2,32 @@
 // loaders: "file:line:col: field 'steps[0].run': expected ...".
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
-#include <toml++/toml.h>
-
 #include "common/result.h"
+
+// toml++ 3.3.0 (Debian 12) checks preconditions of its own parser with
+// TOML_ASSERT, and some malformed files break them ("[#" as a table header,
+// a date-time with no digit after its 'T'): by default the process aborts,
+// and under NDEBUG the check is an assumption (undefined behaviour). Found by
+// tests/fuzz; upstream marzer/tomlplusplus#301. Here a failed check throws
+// TomlCheckFailed, which the loaders report as a syntax error, with NDEBUG
+// lifted around the include so that every build checks. Include toml++ only
+// through this header, so that every file compiles it the same way (a
+// direct include before this one is a macro redefinition error).
+namespace zf {
+struct TomlCheckFailed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+[[noreturn]] inline void toml_check_failed(const char* check) { throw TomlCheckFailed(check); }
+}  // namespace zf
+#define TOML_ASSERT(expr) ((expr) ? static_cast<void>(0) : ::zf::toml_check_failed(#expr))
+#pragma push_macro("NDEBUG")
+#undef NDEBUG
+#include <toml++/toml.h>
+#pragma pop_macro("NDEBUG")
 
 namespace zf {
 

@@ -6,9 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include <toml++/toml.h>
-
-#include "common/toml_context.h"
+#include "common/toml_context.h"  // toml++, included the one way (see there)
 
 namespace zf {
 

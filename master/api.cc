@@ -88,6 +88,10 @@ void Master::drain_api_socket() {
       continue;
     }
     ++counters_.api_requests;
+    if (auto denied = api_denied(parts[1], req->op)) {  // the role of the caller's key, on every call
+      reply(client, req->req, false, *denied, nullptr);
+      continue;
+    }
     bool deferred = false;
     try {
       nlohmann::json result = handle_api(client, *req, deferred);
@@ -113,6 +117,9 @@ nlohmann::json Master::handle_api(const std::string& client, const proto::ApiReq
   if (op == "cancel") return api_cancel(a);
   if (op == "workers") return api_workers(a);
   if (op == "worker.drain") return api_worker_drain(a);
+  if (op == "workers.pending") return api_workers_pending(a);
+  if (op == "worker.approve") return api_worker_approve(a);
+  if (op == "worker.remove") return api_worker_remove(a);
   if (op == "job.enable") return api_job_enable(a, true);
   if (op == "job.disable") return api_job_enable(a, false);
   if (op == "stats") return api_stats(a);
@@ -165,9 +172,9 @@ nlohmann::json Master::api_job_put(const nlohmann::json& args) {
     ev.type = "job.updated";
     ev.job = j.name;
     std::string name = j.name;
-    if (store_)
-      if (auto s = store_->put_job({name, j.source_name, j.source_text, !disabled_jobs_.count(name)}); !s.ok())
-        throw ApiError{s.error().message};
+    write([rec = JobRecord{name, j.source_name, j.source_text, !disabled_jobs_.count(name)}](Store& st) {
+      return st.put_job(rec);
+    });
     jobs_[name] = std::move(j);
     apply_job_triggers(jobs_[name]);
     events_->publish(std::move(ev));
@@ -224,8 +231,7 @@ nlohmann::json Master::api_job_rm(const nlohmann::json& args) {
     queues_.erase(it->second.local_queue->name);
     publish_queue_updated(it->second.local_queue->name, "removed");
   }
-  if (store_)
-    if (auto s = store_->remove_job(name); !s.ok()) throw ApiError{s.error().message};
+  write([name](Store& st) { return st.remove_job(name); });
   forget_job_triggers(name);
   jobs_.erase(it);
   proto::Event ev;
@@ -416,9 +422,9 @@ nlohmann::json Master::api_job_enable(const nlohmann::json& args, bool enable) {
     triggers_.disable(name);
     watcher_->remove_job(name);
   }
-  if (store_)
-    if (auto s = store_->put_job({name, it->second.source_name, it->second.source_text, enable}); !s.ok())
-      throw ApiError{s.error().message};
+  write([rec = JobRecord{name, it->second.source_name, it->second.source_text, enable}](Store& st) {
+    return st.put_job(rec);
+  });
   proto::Event ev;
   ev.type = enable ? "job.enabled" : "job.disabled";
   ev.job = name;
@@ -450,6 +456,12 @@ nlohmann::json Master::api_stats(const nlohmann::json&) {
           {"dispatched", counters_.dispatched},
           {"trigger_fired", counters_.trigger_fired},
           {"trigger_failed", counters_.trigger_failed},
+          {"permission_denied", counters_.permission_denied},
+          {"security_dropped", counters_.security_dropped},
+          {"handshakes_failed", security_ ? security_->handshake_counters().failed : 0},
+          {"zap_admitted", security_ && security_->zap() ? security_->zap()->counters().admitted : 0},
+          {"zap_refused", security_ && security_->zap() ? security_->zap()->counters().refused : 0},
+          {"zap_malformed", security_ && security_->zap() ? security_->zap()->counters().malformed : 0},
           {"events_published", events_->last_seq()},
           {"waiting", by_state.value("queued", 0)},
           {"instances", by_state},
@@ -515,9 +527,9 @@ nlohmann::json Master::api_queue_put(const nlohmann::json& args) {
   for (size_t i = 0; i < parsed.size(); ++i) {
     auto& q = parsed[i];
     if (auto s = sched_.add_or_update_queue(q); !s.ok()) throw ApiError{s.error().message};
-    if (store_)
-      if (auto s = store_->put_queue({q.name, sources[i].first, sources[i].second}); !s.ok())
-        throw ApiError{s.error().message};
+    write([rec = QueueRecord{q.name, sources[i].first, sources[i].second}](Store& st) {
+      return st.put_queue(rec);
+    });
     queue_sources_[q.name] = sources[i];
     bool exists = queues_.count(q.name) > 0;
     out[exists ? "updated" : "created"].push_back(q.name);
@@ -549,8 +561,7 @@ nlohmann::json Master::api_queue_rm(const nlohmann::json& args) {
   for (const auto& [jn, job] : jobs_)
     if (queue_of(job) == name) throw ApiError{"queue '" + name + "' is used by job '" + jn + "'"};
   if (auto s = sched_.remove_queue(name); !s.ok()) throw ApiError{s.error().message};
-  if (store_)
-    if (auto s = store_->remove_queue(name); !s.ok()) throw ApiError{s.error().message};
+  write([name](Store& st) { return st.remove_queue(name); });
   queues_.erase(it);
   queue_sources_.erase(name);
   publish_queue_updated(name, "removed");
@@ -591,6 +602,73 @@ bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::j
     if (!is_terminal(inst.state)) waiters_by_instance_.emplace(id, wit);
   }
   return false;
+}
+
+// ---- security: roles, pending workers, approve and remove (docs/security.md) ----
+
+std::optional<std::string> Master::api_denied(const zmq::message_t& body, const std::string& op) {
+  if (!security_ || !security_->keyed()) return std::nullopt;  // without keys everyone is admin
+  std::string user_id;
+  auto why = api_permission_error(security_->api_role(body, user_id), user_id, op);
+  if (!why) return std::nullopt;
+  ++counters_.permission_denied;
+  uint64_t suppressed = 0;
+  if (bad_traffic_log_.allow(Clock::now(), suppressed))
+    log::warn("api: refused a call from " + proto::sanitize_sample(user_id.data(), user_id.size(), 80) + ": " + *why +
+              " (" + std::to_string(suppressed) + " more suppressed)");
+  return why;
+}
+
+namespace {
+double unix_seconds(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+}  // namespace
+
+nlohmann::json Master::api_workers_pending(const nlohmann::json&) {
+  nlohmann::json out = nlohmann::json::array();
+  ZapHandler* zap = security_ ? security_->zap() : nullptr;
+  if (!zap) return {{"keyed", false}, {"pending", out}};
+  for (const auto& p : zap->pending()) {
+    nlohmann::json j = {{"fingerprint", p.fingerprint}, {"key", p.public_key},   {"address", p.address},
+                        {"attempts", p.attempts},       {"first_seen", unix_seconds(p.first_seen)},
+                        {"last_seen", unix_seconds(p.last_seen)}};
+    out.push_back(std::move(j));
+  }
+  return {{"keyed", true}, {"pending", out}};
+}
+
+nlohmann::json Master::api_worker_approve(const nlohmann::json& args) {
+  std::string name = need_string(args, "name");
+  std::string key = args.contains("key") ? need_string(args, "key") : std::string();
+  ZapHandler* zap = security_ ? security_->zap() : nullptr;
+  if (!zap) throw ApiError{"the master runs without keys (no --keys DIR): every worker gets in, nothing to approve"};
+  auto approved = zap->approve(name, key);
+  if (!approved) throw ApiError{approved.error().message};
+  log::info("worker '" + approved->name + "' approved (key " + approved->fingerprint + "); it gets in on its next handshake");
+  return {{"worker", approved->name}, {"fingerprint", approved->fingerprint}, {"file", approved->path.string()}};
+}
+
+nlohmann::json Master::api_worker_remove(const nlohmann::json& args) {
+  std::string name = need_string(args, "name");
+  ZapHandler* zap = security_ ? security_->zap() : nullptr;
+  if (!zap) throw ApiError{"the master runs without keys (no --keys DIR): there is no key to revoke"};
+  auto removed = zap->remove(name);
+  if (!removed) throw ApiError{removed.error().message};
+  log::info("worker '" + removed->name + "' removed (key " + removed->fingerprint + " revoked)");
+  // ZAP only runs at the handshake: the connection it has is dropped here.
+  bool dropped = false;
+  size_t in_flight = 0;
+  auto it = members_.find(removed->name);
+  if (it != members_.end() && is_present(it->second.state) && !it->second.local) {
+    in_flight = it->second.in_flight.size();
+    drop_removed_member(it->second, "removed by an operator (key revoked)");
+    dropped = true;
+  }
+  return {{"worker", removed->name},
+          {"fingerprint", removed->fingerprint},
+          {"dropped", dropped},
+          {"lost", in_flight}};
 }
 
 }  // namespace zf

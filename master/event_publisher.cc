@@ -1,5 +1,7 @@
 #include "master/event_publisher.h"
 
+#include <algorithm>
+
 #include <chrono>
 
 #include "common/zmq_util.h"
@@ -11,13 +13,15 @@ int64_t wall_clock_us() {
       .count();
 }
 
-EventPublisher::EventPublisher(zmq::context_t& ctx, const std::string& endpoint)
+EventPublisher::EventPublisher(zmq::context_t& ctx, const std::string& endpoint,
+                               const std::function<void(zmq::socket_t&)>& before_bind)
     : socket_(ctx, zmq::socket_type::pub) {
   // PUB drops beyond the HWM; a burst of thousands of instances makes tens of
   // thousands of events, so give slow subscribers room. Gaps remain visible
   // through seq.
   socket_.set(zmq::sockopt::sndhwm, 1'000'000);
   socket_.set(zmq::sockopt::linger, 200);
+  if (before_bind) before_bind(socket_);
   socket_.bind(endpoint);
 }
 
@@ -29,10 +33,13 @@ void EventPublisher::publish(proto::Event e) {
   held_.emplace_back(e.type, proto::encode(e));
 }
 
-void EventPublisher::flush() {
-  for (const auto& [type, body] : held_)
-    if (!send_multipart(socket_, {type, body}).ok()) ++dropped_;
-  held_.clear();
+void EventPublisher::flush() { flush(held_.size()); }
+
+void EventPublisher::flush(size_t n) {
+  n = std::min(n, held_.size());
+  for (size_t i = 0; i < n; ++i)
+    if (!send_multipart(socket_, {held_[i].first, held_[i].second}).ok()) ++dropped_;
+  held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 }  // namespace zf

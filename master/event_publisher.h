@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include <zmq.hpp>
@@ -14,13 +15,20 @@ namespace zf {
 
 class EventPublisher {
  public:
-  EventPublisher(zmq::context_t& ctx, const std::string& endpoint);
+  // `before_bind` runs on the PUB socket before it binds (the master's CURVE
+  // server options, see master/security.h).
+  EventPublisher(zmq::context_t& ctx, const std::string& endpoint,
+                 const std::function<void(zmq::socket_t&)>& before_bind = {});
 
   // Stamps seq and ts_us and holds the event until flush(): events go out
   // only after the loop turn that made them is committed to the store.
   void publish(proto::Event e);
   // Sends what publish() held, as [type][EVENT message].
   void flush();
+  // Sends only the oldest n held events (those of turns already committed,
+  // while later turns are still being written).
+  void flush(size_t n);
+  size_t held_count() const { return held_.size(); }
   uint64_t last_seq() const { return seq_; }
   // After a restart: numbering goes on after the last number ever used.
   void continue_after(uint64_t last_seq) { seq_ = last_seq; }

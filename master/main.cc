@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/curve_keys.h"
 #include "common/duration.h"
 #include "common/log.h"
 #include "common/signals.h"
@@ -67,6 +68,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--keep-history", keep_history, "how long ended instances are kept")->capture_default_str();
   app.add_flag("--insecure", opt.insecure, "allow binding non-loopback addresses without keys");
+  std::string keys_dir;
+  app.add_option("--keys", keys_dir,
+                 "key directory: CURVE on every endpoint, only listed keys get in (docs/security.md)");
   app.add_flag("-v,--verbose", verbose, "debug logging");
   CLI11_PARSE(app, argc, argv);
 
@@ -96,8 +100,26 @@ int main(int argc, char** argv) {
     }
     *dst = *d;
   }
+  if (!keys_dir.empty()) {
+    if (!zf::curve_available()) {
+      std::fprintf(stderr, "zforce-master: --keys: this libzmq was built without CURVE support\n");
+      return 64;
+    }
+    auto kd = zf::load_key_dir(keys_dir);
+    if (!kd.ok()) {
+      std::fprintf(stderr, "zforce-master: --keys: %s\n", kd.error().message.c_str());
+      return 64;
+    }
+    zf::log::info("keys " + keys_dir + ": master key " + zf::fingerprint(kd->master.public_key) + ", " +
+                  std::to_string(kd->workers.size()) + " worker(s), " + std::to_string(kd->admin_clients.size()) +
+                  " admin and " + std::to_string(kd->readonly_clients.size()) + " read-only client(s), " +
+                  std::to_string(kd->pending.size()) + " pending, " + std::to_string(kd->revoked.size()) +
+                  " revoked");
+    opt.keys = std::move(kd.value());
+  }
+  // With keys every endpoint is authenticated and encrypted: any address may be bound.
   for (const auto* ep : {&opt.workers, &opt.api, &opt.events}) {
-    if (!is_loopback_endpoint(*ep)) {
+    if (!opt.keys && !is_loopback_endpoint(*ep)) {
       if (!opt.insecure) {
         std::fprintf(stderr,
                      "zforce-master: refusing to bind %s without keys: anyone who reaches it could run "

@@ -53,8 +53,14 @@ Status Master::bind_all() {
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0)
     return make_error("another master is using the data folder '" + opt_.data_dir + "' (" + lock_path + " is locked)");
 
+  // The ZAP handler must be bound before any CURVE socket of ctx_: CURVE
+  // without a handler admits anyone who knows master.pub.
+  auto security = MasterSecurity::create(ctx_, opt_.keys);
+  if (!security) return security.error();
+  security_ = std::move(*security);
   try {
-    auto router = [&](const std::string& ep) {
+    // `domain` empty: no CURVE (the inproc local slots have no handshake).
+    auto router = [&](const std::string& ep, std::string_view domain) {
       auto s = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::router);
       // Without MANDATORY a message to a vanished peer disappears silently;
       // with it we learn at once and can treat the member as lost.
@@ -63,16 +69,18 @@ Status Master::bind_all() {
       s->set(zmq::sockopt::linger, 0);
       s->set(zmq::sockopt::sndhwm, 100'000);
       s->set(zmq::sockopt::rcvhwm, 100'000);
+      if (!domain.empty()) security_->secure_server(*s, domain);
       s->bind(ep);
       return s;
     };
-    workers_ = router(opt_.workers);
+    workers_ = router(opt_.workers, kZapDomainWorkers);
     // A worker that reconnects under its name takes over its old routing id.
     workers_->set(zmq::sockopt::router_handover, 1);
-    api_ = router(opt_.api);
-    events_ = std::make_unique<EventPublisher>(ctx_, opt_.events);
+    api_ = router(opt_.api, kZapDomainApi);
+    events_ = std::make_unique<EventPublisher>(
+        ctx_, opt_.events, [&](zmq::socket_t& s) { security_->secure_server(s, kZapDomainEvents); });
     if (opt_.local_slots > 0) {
-      local_ = router(kLocalEndpoint);
+      local_ = router(kLocalEndpoint, "");
       local_->set(zmq::sockopt::router_handover, 1);
     }
   } catch (const zmq::error_t& e) {
@@ -142,8 +150,7 @@ std::shared_ptr<const std::string> Master::encode_steps(const std::vector<proto:
 }
 
 void Master::end_turn() {
-  if (store_) {
-    Status s;
+  if (writer_) {
     for (uint64_t id : dirty_) {
       auto it = instances_.find(id);
       if (it == instances_.end()) continue;
@@ -151,55 +158,114 @@ void Master::end_turn() {
       // Assigned and running change only a few columns of a row already stored.
       bool progress_only = inst.persisted_transitions > 0 && !inst.cancel_requested &&
                            (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
-      if (s.ok())
-        s = progress_only ? store_->update_progress(id, inst.state, inst.attempt, inst.member, inst.slot,
-                                                    inst.history.back().ts_us)
-                          : store_->upsert_instance(to_record(inst));
-      for (size_t k = inst.persisted_transitions; k < inst.history.size() && s.ok(); ++k) {
+      std::vector<TransitionRecord> added;
+      for (size_t k = inst.persisted_transitions; k < inst.history.size(); ++k) {
         const auto& t = inst.history[k];
-        s = store_->add_transition(id, {static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});
+        added.push_back({static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});
       }
       inst.persisted_transitions = inst.history.size();
+      if (progress_only) {
+        write([id, state = inst.state, attempt = inst.attempt, member = inst.member, slot = inst.slot,
+               ts = inst.history.back().ts_us, added = std::move(added)](Store& st) -> Status {
+          if (auto s = st.update_progress(id, state, attempt, member, slot, ts); !s.ok()) return s;
+          for (const auto& t : added)
+            if (auto s = st.add_transition(id, t); !s.ok()) return s;
+          return {};
+        });
+      } else {
+        // A new row needs everything; afterwards only what can change.
+        bool is_new = inst.persisted_transitions == added.size();
+        write([is_new, rec = is_new ? to_record(inst) : to_update_record(inst),
+               added = std::move(added)](Store& st) -> Status {
+          if (auto s = is_new ? st.upsert_instance(rec) : st.update_instance(rec); !s.ok()) return s;
+          for (const auto& t : added)
+            if (auto s = st.add_transition(rec.id, t); !s.ok()) return s;
+          return {};
+        });
+      }
     }
     // Only what changed: an idle loop turn must not cost a disk write.
-    if (s.ok() && next_instance_id_ != stored_next_id_) {
-      s = store_->set_next_instance_id(next_instance_id_);
+    if (next_instance_id_ != stored_next_id_) {
+      write([n = next_instance_id_](Store& st) { return st.set_next_instance_id(n); });
       stored_next_id_ = next_instance_id_;
     }
-    if (s.ok() && events_->last_seq() != stored_event_seq_) {
-      s = store_->set_last_event_seq(events_->last_seq());
+    if (events_->last_seq() != stored_event_seq_) {
+      write([n = events_->last_seq()](Store& st) { return st.set_last_event_seq(n); });
       stored_event_seq_ = events_->last_seq();
-    }
-    if (s.ok() || store_->in_turn()) {
-      auto c = store_->commit_turn();
-      if (s.ok()) s = c;
-    }
-    if (!s.ok()) {
-      log::error("cannot commit to the store " + store_->path() + ": " + s.error().message +
-                 "; stopping without answering what was not stored");
-      fatal_ = true;
-      outbox_.clear();
-      return;
     }
   }
   dirty_.clear();
+  size_t events = events_->held_count() - events_in_commit_;
+  if (!ops_.empty()) {
+    uint64_t batch = writer_->submit(std::exchange(ops_, {}));
+    in_commit_.push_back({batch, std::exchange(outbox_, {}), events});
+    events_in_commit_ += events;
+    return;
+  }
+  if (!in_commit_.empty()) {
+    // Nothing written, but an earlier turn is still being committed: what this
+    // turn sends goes after it, so no peer sees messages out of order.
+    auto& last = in_commit_.back();
+    for (auto& o : outbox_) last.outbox.push_back(std::move(o));
+    outbox_.clear();
+    last.events += events;
+    events_in_commit_ += events;
+    return;
+  }
   events_->flush();
+  send_outgoing(outbox_);
+}
+
+void Master::send_outgoing(std::vector<Outgoing>& out) {
   std::set<std::string> unreachable;
-  for (const auto& o : outbox_) {
+  for (const auto& o : out) {
     auto s = send_multipart(*o.socket, {o.peer, o.bytes});
     if (!s.ok() && !o.member.empty() && !unreachable.count(o.member)) {
       log::warn("cannot reach member '" + o.member + "': " + s.error().message);
       unreachable.insert(o.member);
     }
   }
-  outbox_.clear();
-  if (unreachable.empty()) return;
-  if (store_) store_->begin_turn();
+  out.clear();
+  // Their instances go back to the queue; the writes that takes belong to
+  // the current turn.
   for (const auto& name : unreachable) {
     auto it = members_.find(name);
     if (it != members_.end()) member_event(it->second, MemberEvent::Unreachable);
   }
-  end_turn();
+}
+
+void Master::take_commits() {
+  if (!writer_) return;
+  for (auto& d : writer_->done()) {
+    if (in_commit_.empty() || in_commit_.front().batch != d.batch) {
+      log::error("store writer reported batch " + std::to_string(d.batch) + " out of order; stopping");
+      fatal_ = true;
+      return;
+    }
+    if (!d.status.ok()) {
+      log::error("cannot commit to the store " + store_->path() + ": " + d.status.error().message +
+                 "; stopping without answering what was not stored");
+      fatal_ = true;
+      in_commit_.clear();
+      return;
+    }
+    InCommit done = std::move(in_commit_.front());
+    in_commit_.pop_front();
+    events_->flush(done.events);
+    events_in_commit_ -= done.events;
+    send_outgoing(done.outbox);
+  }
+}
+
+void Master::finish_commits() {
+  if (!writer_) return;
+  // Sending may find members unreachable, which writes again: a few rounds.
+  for (int round = 0; round < 5 && !fatal_; ++round) {
+    if (!ops_.empty() || !outbox_.empty()) end_turn();
+    if (in_commit_.empty()) break;
+    writer_->wait_all();
+    take_commits();
+  }
 }
 
 void Master::refuse(zmq::socket_t& s, const std::string& id, const std::string& reason) {
@@ -425,6 +491,7 @@ void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
       continue;
     }
     std::string id(view(parts[0]));
+    if (!local && !admit_worker_frame(s, id, parts[1], now)) continue;
     auto d = proto::decode(parts[1].data(), parts[1].size());
     if (auto* err = std::get_if<proto::DecodeError>(&d)) {
       uint64_t suppressed = 0;
@@ -671,6 +738,10 @@ Status Master::restore() {
   auto opened = Store::open(opt_.data_dir, so);
   if (!opened.ok()) return opened.error();
   store_ = std::move(opened.value());
+  // The writer's own connection: SQLite connections are not shared between threads.
+  auto for_writer = Store::open(opt_.data_dir, so);
+  if (!for_writer.ok()) return for_writer.error();
+  writer_ = std::make_unique<StoreWriter>(std::move(for_writer.value()));
   auto loaded = store_->load();
   if (!loaded.ok()) return loaded.error();
   StoreContents& c = *loaded;
@@ -745,16 +816,23 @@ void Master::expire_unconfirmed(Clock::time_point now) {
   }
 }
 
+namespace {
+constexpr uint64_t kPruneSlice = 10000;  // instances pruned per turn at most
+}  // namespace
+
 void Master::prune(Clock::time_point now) {
   if (!store_ || now < next_prune_) return;
   next_prune_ = now + std::chrono::minutes(10);
   int64_t cutoff = wall_clock_us() - std::chrono::duration_cast<std::chrono::microseconds>(opt_.keep_history).count();
-  auto n = store_->prune_history(cutoff, 10000);
-  if (!n.ok()) log::error("pruning history: " + n.error().message);
-  else if (*n > 0) {
-    log::info("pruned " + std::to_string(*n) + " instances older than " + format_duration(opt_.keep_history));
-    next_prune_ = now + std::chrono::seconds(1);  // more may be left: go on soon, in slices
-  }
+  // The last slice was full: more may be left, go on soon.
+  if (last_prune_removed_->load() >= kPruneSlice) next_prune_ = now + std::chrono::seconds(1);
+  write([cutoff, keep = opt_.keep_history, removed = last_prune_removed_](Store& st) -> Status {
+    auto n = st.prune_history(cutoff, kPruneSlice);
+    if (!n.ok()) return n.error();
+    removed->store(*n);
+    if (*n > 0) log::info("pruned " + std::to_string(*n) + " instances older than " + format_duration(keep));
+    return {};
+  });
   std::erase_if(instances_, [&](const auto& kv) {
     return is_terminal(kv.second.state) && !kv.second.history.empty() && kv.second.history.back().ts_us < cutoff;
   });
@@ -780,13 +858,10 @@ void Master::fire_due_triggers() {
   for (auto& f : triggers_.due(std::chrono::system_clock::now())) {
     fire(f.job, f.trigger, f.params, f.catch_up ? "catch-up for missed firings" : "timer");
     // Remembered so that a restart knows what it missed (on_missed).
-    if (store_)
-      if (auto s = store_->set_meta("trigger:" + f.job + ":" + std::to_string(f.trigger),
-                                    std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(
-                                                       f.scheduled.time_since_epoch())
-                                                       .count()));
-          !s.ok())
-        log::error(s.error().message);
+    write([key = "trigger:" + f.job + ":" + std::to_string(f.trigger),
+           value = std::to_string(
+               std::chrono::duration_cast<std::chrono::microseconds>(f.scheduled.time_since_epoch()).count())](
+              Store& st) { return st.set_meta(key, value); });
   }
 }
 
@@ -886,11 +961,16 @@ int Master::run() {
     items.push_back({local_ ? local_->handle() : nullptr, -1, static_cast<short>(local_ ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, opt_.stop_fd, static_cast<short>(opt_.stop_fd >= 0 ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, watcher_->fd(), ZMQ_POLLIN, 0});
+    security_->add_poll_items(items);  // the ZAP handler and handshake monitors (keyed mode)
+    if (writer_) items.push_back({nullptr, writer_->fd(), ZMQ_POLLIN, 0});  // commits done
     auto wake = next_wakeup(now);
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
     if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
     zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
-    if (store_) store_->begin_turn();  // everything this turn changes commits together
+    // Committed turns release what they held; everything this turn changes
+    // is submitted to the writer as one batch by end_turn().
+    if (writer_) take_commits();
+    if (fatal_) return 1;
     if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) {
       char buf[128];
       ssize_t n = ::read(opt_.stop_fd, buf, sizeof buf);
@@ -898,6 +978,7 @@ int Master::run() {
       if (shutdown_deadline_) break;
       begin_shutdown(Clock::now());
     }
+    on_security_events();  // never blocks; a handshake waits for its ZAP reply
     if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
     if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
     if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
@@ -915,8 +996,61 @@ int Master::run() {
     if (fatal_) return 1;
     if (shutdown_deadline_ && (in_flight_total() == 0 || after >= *shutdown_deadline_)) break;
   }
+  finish_commits();
   shut_down();
-  return 0;
+  return fatal_ ? 1 : 0;
+}
+
+// ---- security (docs/security.md) ---------------------------------------------
+
+// Answers ZAP requests and publishes every refused handshake on the tap.
+void Master::on_security_events() {
+  for (auto& r : security_->service()) {
+    proto::Event ev;
+    ev.type = "security.refused";
+    ev.detail = refusal_detail(r);
+    events_->publish(std::move(ev));
+  }
+}
+
+// ZAP runs only at the handshake, so a worker removed afterwards keeps its
+// connection: every frame is checked against the current lists.
+bool Master::admit_worker_frame(zmq::socket_t& s, const std::string& id, const zmq::message_t& body,
+                                Clock::time_point now) {
+  std::string user_id;
+  auto check = security_->check_worker(body, id, user_id);
+  if (check == MasterSecurity::WorkerCheck::Admitted) return true;
+  ++counters_.security_dropped;
+  uint64_t suppressed = 0;
+  bool say = bad_traffic_log_.allow(now, suppressed);
+  const std::string peer = proto::sanitize_sample(id.data(), id.size());
+  if (check == MasterSecurity::WorkerCheck::WrongName) {
+    // An admitted key under another name: it must not speak for (or take
+    // over) another worker. Tell it, so its operator sees why.
+    if (say)
+      log::warn("workers endpoint: the key of worker '" + user_id + "' sent as '" + peer + "'; refused");
+    refuse(s, id, "this worker's key is admitted as '" + user_id + "', not '" + peer + "': start it with --name " +
+                      user_id);
+    return false;
+  }
+  // Not admitted (revoked): it was told REFUSED when it was removed; whatever
+  // else it sends is ignored. Should it still count as present, drop it now.
+  auto it = members_.find(id);
+  if (it != members_.end() && is_present(it->second.state) && !it->second.local && it->second.socket == &s)
+    drop_removed_member(it->second, "its key is no longer admitted");
+  if (say)
+    log::warn("workers endpoint: ignored a message from '" + peer + "', whose key is not admitted (" +
+              std::to_string(suppressed) + " more suppressed)");
+  return false;
+}
+
+void Master::drop_removed_member(Member& m, const std::string& reason) {
+  log::warn("worker '" + m.name + "': " + reason + "; dropping it now (its " + std::to_string(m.in_flight.size()) +
+            " instance(s) are lost and re-queued)");
+  // After the turn is committed, like every message; a failed send is no
+  // concern: the member is gone either way.
+  outbox_.push_back({m.socket, m.id, proto::encode(proto::Refused{reason}), ""});
+  member_event(m, MemberEvent::Unreachable);
 }
 
 }  // namespace zf

@@ -5,6 +5,7 @@
 // talks to this loop only over inproc://.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <list>
@@ -28,6 +29,8 @@
 #include "master/member_state.h"
 #include "master/file_watcher.h"
 #include "master/queue_scheduler.h"
+#include "master/security.h"
+#include "master/store_writer.h"
 #include "master/trigger_scheduler.h"
 
 namespace zf {
@@ -47,6 +50,10 @@ struct MasterOptions {
   // On SIGTERM: how long to wait for instances in flight to report.
   Millis shutdown_grace{10000};
   bool insecure = false;
+  // --keys DIR, loaded (common/curve_keys.h): CURVE on the workers, api and
+  // events endpoints and the ZAP handler decides who gets in. nullopt: no
+  // keys, NULL mechanism (docs/security.md).
+  std::optional<KeyDir> keys;
   int stop_fd = -1;  // readable when the master must stop
   bool store = true;  // false: everything in memory (benchmarks)
   // full: every commit is fsynced (survives power loss); normal: a commit
@@ -129,6 +136,8 @@ struct Counters {
   uint64_t dispatched = 0;
   uint64_t trigger_fired = 0;
   uint64_t trigger_failed = 0;
+  uint64_t permission_denied = 0;  // api calls refused for the caller's role
+  uint64_t security_dropped = 0;   // worker messages from keys not (or no longer) admitted
 };
 
 class Master {
@@ -159,6 +168,14 @@ class Master {
   void release_member_instances(Member& m);
   bool send_to(Member& m, const proto::Message& msg);
   void refuse(zmq::socket_t& s, const std::string& id, const std::string& reason);
+  // --- security (docs/security.md; the end of master.cc and master/security.*)
+  void on_security_events();
+  // Keyed mode: false if a frame on the workers endpoint must be dropped
+  // because its sender's key is not (or no longer) admitted under that name.
+  bool admit_worker_frame(zmq::socket_t& s, const std::string& id, const zmq::message_t& body,
+                          Clock::time_point now);
+  // Drops a member whose key was revoked: REFUSED, and its instances are lost.
+  void drop_removed_member(Member& m, const std::string& reason);
 
   // --- instances
   uint64_t create_instance(const Job& job, std::map<std::string, std::string> params,
@@ -182,6 +199,15 @@ class Master {
   // events go out. A master that cannot commit stops (exit 1): it must not
   // answer what it could not store.
   void end_turn();
+  // Sends what committed turns held back (writer fd readable); a failed
+  // commit stops the master.
+  void take_commits();
+  // Shutdown: waits for every submitted turn and sends what it held.
+  void finish_commits();
+  // Queues a write for this turn (all of a turn's writes commit together).
+  void write(StoreWriter::Op op) {
+    if (writer_) ops_.push_back(std::move(op));
+  }
   void expire_unconfirmed(Clock::time_point now);
   void prune(Clock::time_point now);
   // --- triggers
@@ -209,6 +235,11 @@ class Master {
   nlohmann::json api_worker_drain(const nlohmann::json& args);
   nlohmann::json api_job_enable(const nlohmann::json& args, bool enable);
   nlohmann::json api_stats(const nlohmann::json& args);
+  nlohmann::json api_workers_pending(const nlohmann::json& args);
+  nlohmann::json api_worker_approve(const nlohmann::json& args);
+  nlohmann::json api_worker_remove(const nlohmann::json& args);
+  // Keyed mode: the error for a caller whose role may not call `op`.
+  std::optional<std::string> api_denied(const zmq::message_t& body, const std::string& op);
   nlohmann::json api_ping(const nlohmann::json& args);
   nlohmann::json api_queue_put(const nlohmann::json& args);
   nlohmann::json api_queue_list(const nlohmann::json& args);
@@ -239,7 +270,11 @@ class Master {
   QueueScheduler sched_;
   uint64_t next_instance_id_ = 1;
   std::multimap<Clock::time_point, uint64_t> retries_;  // backoff timers
+  // The loop's own connection, for restore and reads (api listings); every
+  // write goes through writer_, which owns a second connection and a thread.
   std::unique_ptr<class Store> store_;
+  std::unique_ptr<StoreWriter> writer_;
+  std::vector<StoreWriter::Op> ops_;  // this turn's writes, submitted by end_turn
   std::set<uint64_t> dirty_;  // instances changed in this loop turn
   // Messages to members and clients, sent after the turn is committed.
   struct Outgoing {
@@ -249,6 +284,18 @@ class Master {
     std::string member;  // non-empty: a member, lost if the send fails
   };
   std::vector<Outgoing> outbox_;
+  // Sends; members found unreachable are dropped (writes of the current turn).
+  void send_outgoing(std::vector<Outgoing>& out);
+  // Turns submitted to the writer and not yet reported committed, oldest
+  // first, with what each holds back: its messages and its number of events.
+  struct InCommit {
+    uint64_t batch;
+    std::vector<Outgoing> outbox;
+    size_t events;
+  };
+  std::deque<InCommit> in_commit_;
+  size_t events_in_commit_ = 0;  // sum of in_commit_[*].events
+  std::shared_ptr<std::atomic<uint64_t>> last_prune_removed_ = std::make_shared<std::atomic<uint64_t>>(0);
   // After a restart: instances the store says were assigned or running, by
   // id -> member, until their member reports them or the grace ends.
   std::map<uint64_t, std::string> unconfirmed_;
@@ -266,6 +313,7 @@ class Master {
   bool dispatch_needed_ = false;
   bool fatal_ = false;  // the store failed: stop without answering
   std::optional<Clock::time_point> shutdown_deadline_;  // set on the first SIGTERM
+  std::unique_ptr<MasterSecurity> security_;  // created in bind_all, before any bind
 };
 
 }  // namespace zf

@@ -1,5 +1,8 @@
 #include "master/persistence.h"
 
+#include <algorithm>
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 
 #include "master/event_publisher.h"
@@ -39,9 +42,16 @@ Result<std::vector<proto::StepSpec>> steps_from_json(const std::string& text) {
 }
 
 std::string retry_to_json(const RetryPolicy& r) {
-  return json{{"attempts", r.attempts},       {"backoff_ms", r.backoff.count()}, {"max_backoff_ms", r.max_backoff.count()},
-              {"on_failed", r.on_failed},     {"on_timed_out", r.on_timed_out},  {"on_lost", r.on_lost}}
-      .dump();
+  // Written for every instance the master creates: formatted directly rather
+  // than through a json object (retry_from_json reads either).
+  char buf[200];
+  int n = std::snprintf(buf, sizeof buf,
+                        "{\"attempts\":%u,\"backoff_ms\":%lld,\"max_backoff_ms\":%lld,\"on_failed\":%s,"
+                        "\"on_lost\":%s,\"on_timed_out\":%s}",
+                        r.attempts, static_cast<long long>(r.backoff.count()),
+                        static_cast<long long>(r.max_backoff.count()), r.on_failed ? "true" : "false",
+                        r.on_lost ? "true" : "false", r.on_timed_out ? "true" : "false");
+  return std::string(buf, static_cast<size_t>(std::max(n, 0)));
 }
 
 Result<RetryPolicy> retry_from_json(const std::string& text) {
@@ -61,18 +71,21 @@ Result<RetryPolicy> retry_from_json(const std::string& text) {
   }
 }
 
-InstanceRecord to_record(const Instance& inst) {
+namespace {
+// The master times retries on the steady clock; the store keeps wall time.
+std::optional<int64_t> retry_at_wall_us(const Instance& inst) {
+  if (!inst.retry_at) return std::nullopt;
+  return wall_clock_us() +
+         std::chrono::duration_cast<std::chrono::microseconds>(*inst.retry_at - std::chrono::steady_clock::now())
+             .count();
+}
+}  // namespace
+
+InstanceRecord to_update_record(const Instance& inst) {
   InstanceRecord r;
   r.id = inst.id;
-  r.job = inst.job;
-  r.queue = inst.queue;
-  r.priority = inst.priority;
   r.attempt = inst.attempt;
   r.state = inst.state;
-  r.params = inst.params;
-  r.steps_json = inst.steps_json ? *inst.steps_json : steps_to_json(*inst.steps);
-  r.retry_json = retry_to_json(inst.retry);
-  r.timeout_ms = inst.timeout_ms;
   r.member = inst.member;
   r.slot = inst.slot;
   r.exit_code = inst.exit_code;
@@ -80,13 +93,22 @@ InstanceRecord to_record(const Instance& inst) {
   r.duration_ms = inst.duration_ms;
   r.error = inst.error;
   r.output = inst.output;
-  r.created_us = inst.history.empty() ? 0 : inst.history.front().ts_us;
   r.updated_us = inst.history.empty() ? 0 : inst.history.back().ts_us;
   r.cancel_requested = inst.cancel_requested;
-  if (inst.retry_at)
-    r.retry_at_us = wall_clock_us() + std::chrono::duration_cast<std::chrono::microseconds>(
-                                          *inst.retry_at - std::chrono::steady_clock::now())
-                                          .count();
+  r.retry_at_us = retry_at_wall_us(inst);
+  return r;
+}
+
+InstanceRecord to_record(const Instance& inst) {
+  InstanceRecord r = to_update_record(inst);
+  r.job = inst.job;
+  r.queue = inst.queue;
+  r.priority = inst.priority;
+  r.params = inst.params;
+  r.steps_json = inst.steps_json ? *inst.steps_json : steps_to_json(*inst.steps);
+  r.retry_json = retry_to_json(inst.retry);
+  r.timeout_ms = inst.timeout_ms;
+  r.created_us = inst.history.empty() ? 0 : inst.history.front().ts_us;
   return r;
 }
 

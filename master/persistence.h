@@ -24,6 +24,9 @@ Result<RetryPolicy> retry_from_json(const std::string& text);
 // History entries from `first` on are in record.history (the store writes
 // them with add_transition).
 InstanceRecord to_record(const Instance& inst);
+// Only what Store::update_instance() writes: the columns that change after
+// creation (no params, steps or retry policy to copy and encode).
+InstanceRecord to_update_record(const Instance& inst);
 Result<Instance> from_record(const InstanceRecord& rec);
 
 }  // namespace zf

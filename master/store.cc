@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <type_traits>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -457,7 +458,7 @@ struct Store::Impl {
   // Prepared once, at open (SQLITE_PREPARE_PERSISTENT).
   StmtPtr begin, commit, rollback;
   StmtPtr put_job, remove_job, put_queue, remove_queue;
-  StmtPtr upsert_instance, update_progress, add_transition, set_meta, get_meta, all_meta;
+  StmtPtr upsert_instance, update_instance, update_progress, add_transition, set_meta, get_meta, all_meta;
   StmtPtr load_jobs, load_queues, load_live, load_history, load_instance, max_instance_id;
   StmtPtr prune_transitions, prune_instances;
   // list_instances: one statement per combination of filters (job, state,
@@ -503,6 +504,9 @@ struct Store::Impl {
         {&remove_queue, "DELETE FROM queues WHERE name = ?"},
         {&upsert_instance, upsert},
         {&update_progress, "UPDATE instances SET state=?, attempt=?, member=?, slot=?, updated_us=? WHERE id=?"},
+        {&update_instance,
+         "UPDATE instances SET attempt=?, state=?, member=?, slot=?, exit_code=?, failed_step=?, duration_ms=?, "
+         "error=?, output=?, updated_us=?, cancel_requested=?, retry_at_us=? WHERE id=?"},
         {&add_transition,
          "INSERT OR REPLACE INTO transitions (instance, seq, state, ts_us, attempt, member, exit_code) "
          "VALUES (?,?,?,?,?,?,?)"},
@@ -542,9 +546,12 @@ struct Store::Impl {
   }
 
   // Steps a bound write statement and reports its failure (poisoning the turn).
-  Status finish_write(Use& u, const std::string& what) {
-    if (u.step() != SQLITE_DONE) return fail_turn(err(what));
-    return {};
+  // `what` builds the message only on failure: the hot writes allocate nothing.
+  template <class What>
+  Status finish_write(Use& u, What&& what) {
+    if (u.step() == SQLITE_DONE) return {};
+    if constexpr (std::is_invocable_v<What>) return fail_turn(err(what()));
+    else return fail_turn(err(std::string(what)));
   }
 
   void roll_back() {
@@ -684,6 +691,7 @@ Store::~Store() {
   impl_->remove_queue.reset();
   impl_->upsert_instance.reset();
   impl_->update_progress.reset();
+  impl_->update_instance.reset();
   impl_->add_transition.reset();
   impl_->set_meta.reset();
   impl_->get_meta.reset();
@@ -730,6 +738,14 @@ Status Store::commit_turn() {
   }
   d.txn_open = false;
   return {};
+}
+
+void Store::roll_back_turn() {
+  Impl& d = *impl_;
+  if (!d.turn_open) return;
+  d.turn_open = false;
+  d.turn_error.reset();
+  d.roll_back();
 }
 
 Status Store::put_job(const JobRecord& job) {
@@ -785,7 +801,26 @@ Status Store::upsert_instance(const InstanceRecord& r) {
       .i64(r.updated_us)
       .i64(r.cancel_requested ? 1 : 0)
       .opt_i64(r.retry_at_us);
-  return impl_->finish_write(u, "cannot store instance " + std::to_string(r.id));
+  return impl_->finish_write(u, [&] { return "cannot store instance " + std::to_string(r.id); });
+}
+
+Status Store::update_instance(const InstanceRecord& r) {
+  if (auto s = impl_->before_write(); !s.ok()) return s;
+  Use u(impl_->update_instance.get());
+  u.i64(r.attempt)
+      .text(db_state_name(r.state))
+      .text(r.member)
+      .i64(r.slot)
+      .i64(r.exit_code)
+      .i64(r.failed_step)
+      .i64(static_cast<int64_t>(r.duration_ms))
+      .text(r.error)
+      .blob(r.output)
+      .i64(r.updated_us)
+      .i64(r.cancel_requested ? 1 : 0)
+      .opt_i64(r.retry_at_us)
+      .i64(static_cast<int64_t>(r.id));
+  return impl_->finish_write(u, [&] { return "cannot store instance " + std::to_string(r.id); });
 }
 
 Status Store::update_progress(uint64_t id, InstanceState state, uint32_t attempt, const std::string& member, int slot,
@@ -793,7 +828,7 @@ Status Store::update_progress(uint64_t id, InstanceState state, uint32_t attempt
   if (auto s = impl_->before_write(); !s.ok()) return s;
   Use u(impl_->update_progress.get());
   u.text(db_state_name(state)).i64(attempt).text(member).i64(slot).i64(updated_us).i64(static_cast<int64_t>(id));
-  return impl_->finish_write(u, "cannot store instance " + std::to_string(id));
+  return impl_->finish_write(u, [&] { return "cannot store instance " + std::to_string(id); });
 }
 
 Status Store::add_transition(uint64_t instance_id, const TransitionRecord& t) {
@@ -806,14 +841,14 @@ Status Store::add_transition(uint64_t instance_id, const TransitionRecord& t) {
       .i64(t.attempt)
       .text(t.member)
       .opt_i64(t.exit_code);
-  return impl_->finish_write(u, "cannot store a transition of instance " + std::to_string(instance_id));
+  return impl_->finish_write(u, [&] { return "cannot store a transition of instance " + std::to_string(instance_id); });
 }
 
 Status Store::set_meta(std::string_view key, std::string_view value) {
   if (auto s = impl_->before_write(); !s.ok()) return s;
   Use u(impl_->set_meta.get());
   u.text(key).text(value);
-  return impl_->finish_write(u, "cannot store meta '" + std::string(key) + "'");
+  return impl_->finish_write(u, [&] { return "cannot store meta '" + std::string(key) + "'"; });
 }
 
 Status Store::set_next_instance_id(uint64_t next) { return set_meta(kMetaNextInstanceId, std::to_string(next)); }

@@ -162,6 +162,8 @@ class Store {
   // Outside a turn: ok, nothing to do.
   Status commit_turn();
   bool in_turn() const;
+  // Ends the turn writing nothing of it (a caller's own check failed).
+  void roll_back_turn();
 
   // --- writes (inside a turn: part of it; outside: committed at once)
   Status put_job(const JobRecord& job);  // insert or replace by name
@@ -169,6 +171,11 @@ class Store {
   Status put_queue(const QueueRecord& queue);
   Status remove_queue(const std::string& name);
   Status upsert_instance(const InstanceRecord& instance);  // by id; history ignored
+  // Every column that can change after the instance was created (state,
+  // attempt, member, slot, result, output, times, cancel, retry); the row must
+  // exist. job, queue, params, steps, retry policy and timeout are left as
+  // they are: an upsert rewrites them all.
+  Status update_instance(const InstanceRecord& instance);
   // The few columns that change while an instance is assigned or running,
   // cheaper than a whole upsert; the row must exist.
   Status update_progress(uint64_t id, InstanceState state, uint32_t attempt, const std::string& member, int slot,

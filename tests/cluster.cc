@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/curve_keys.h"
 #include "common/protocol.h"
 #include "common/zmq_util.h"
 
@@ -156,9 +157,16 @@ int Cluster::wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
 }
 
 CmdResult Cluster::zforce(const std::vector<std::string>& args, std::chrono::milliseconds timeout) {
+  return zforce_as(key_flags_, args, timeout);
+}
+
+CmdResult Cluster::zforce_as(const std::vector<std::string>& key_flags, const std::vector<std::string>& args,
+                             std::chrono::milliseconds timeout) {
   static int n = 0;
   std::string name = "zforce-" + std::to_string(++n);
-  std::vector<std::string> argv = {bin("ZF_CLIENT_BIN"), "--api", api_, "--events", events_ep_};
+  std::vector<std::string> argv = {bin("ZF_CLIENT_BIN")};
+  if (!api_.empty()) argv.insert(argv.end(), {"--api", api_, "--events", events_ep_});  // none before the master starts
+  argv.insert(argv.end(), key_flags.begin(), key_flags.end());
   argv.insert(argv.end(), args.begin(), args.end());
   pid_t pid = spawn(argv, name);
   int st = wait_exit(pid, timeout);
@@ -175,11 +183,27 @@ CmdResult Cluster::zforce(const std::vector<std::string>& args, std::chrono::mil
   return r;
 }
 
+void Cluster::use_keys(const std::string& secret_key_file, const std::string& master_pub_file) {
+  auto kp = load_secret(secret_key_file);
+  REQUIRE_MESSAGE(kp.ok(), (kp.ok() ? "" : kp.error().message));
+  auto master = load_public(master_pub_file);
+  REQUIRE_MESSAGE(master.ok(), (master.ok() ? "" : master.error().message));
+  key_flags_ = {"--key", secret_key_file, "--master-key", master_pub_file};
+  tap_public_ = kp->public_key;
+  tap_secret_ = kp->secret_key;
+  tap_master_ = *master;
+}
+
+void Cluster::apply_keys(zmq::socket_t& s) const {
+  if (!tap_master_.empty()) make_curve_client(s, KeyPair{tap_public_, tap_secret_}, tap_master_);
+}
+
 void Cluster::connect_tap() {
   sub_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::sub);
   sub_->set(zmq::sockopt::rcvhwm, 5'000'000);
   sub_->set(zmq::sockopt::linger, 0);
   sub_->set(zmq::sockopt::subscribe, "");
+  apply_keys(*sub_);
   sub_->connect(events_ep_);
   // PUB/SUB joins late: ping until our own marker comes through.
   for (int i = 0; i < 100; ++i) {
@@ -187,6 +211,7 @@ void Cluster::connect_tap() {
     zmq::context_t c(1);
     zmq::socket_t d(c, zmq::socket_type::dealer);
     d.set(zmq::sockopt::linger, 0);
+    apply_keys(d);
     d.connect(api_);
     proto::ApiRequest req{1, "ping", {{"token", token}}};
     std::string bytes = proto::encode(req);

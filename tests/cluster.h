@@ -49,8 +49,15 @@ class Cluster {
   // Waits for the process to exit; returns its wait status or -1 on timeout.
   int wait_exit(pid_t pid, std::chrono::milliseconds timeout);
 
-  // Runs the zforce client with --api/--events set; waits up to `timeout`.
+  // Runs the zforce client with --api/--events set (and the keys of
+  // use_keys, if any); waits up to `timeout`.
   CmdResult zforce(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s);
+  // The same with `key_flags` instead of those keys ({} = no keys).
+  CmdResult zforce_as(const std::vector<std::string>& key_flags, const std::vector<std::string>& args,
+                      std::chrono::milliseconds timeout = 60s);
+  // For a master started with --keys: zforce() and the harness's tap use
+  // this client key pair (NAME.key) and master.pub from now on.
+  void use_keys(const std::string& secret_key_file, const std::string& master_pub_file);
 
   // Subscribes to the tap and waits until it is live (a tap.ping comes through).
   void connect_tap();
@@ -82,6 +89,9 @@ class Cluster {
   zmq::context_t ctx_{1};
   std::unique_ptr<zmq::socket_t> sub_;
   std::vector<json> events_;
+  std::vector<std::string> key_flags_;  // use_keys: --key FILE --master-key FILE
+  std::string tap_public_, tap_secret_, tap_master_;  // use_keys, Z85
+  void apply_keys(zmq::socket_t& s) const;
 };
 
 std::string bin(const char* env_name);

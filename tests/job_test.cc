@@ -101,7 +101,7 @@ TEST_CASE("errors name the file, the line and the field") {
       {"name = \"x\"\n[[steps]]\nrun = [\"true\"]\ntimeout = \"5 minutes\"\n", "field 'steps[0].timeout': invalid duration"},
       {"name = \"x\"\n[[steps]]\nrun = [\"echo\", \"{{who}}\"]\n", "jobs/x.toml:3:16: field 'steps[0].run[1]': uses '{{who}}' but the job has no parameter 'who'"},
       {"name = \"x\"\n[[steps]]\nrun = [\"echo\", \"{{who\"]\n", "field 'steps[0].run[1]': unclosed '{{'"},
-      {"name = \"x\"\n[[steps]]\nbuiltin = \"teleport\"\n", "jobs/x.toml:3:11: field 'steps[0].builtin': unknown builtin 'teleport' (known: noop, echo, sleep)"},
+      {"name = \"x\"\n[[steps]]\nbuiltin = \"teleport\"\n", "jobs/x.toml:3:11: field 'steps[0].builtin': unknown builtin 'teleport' (known: noop, echo, sleep, copy, move, delete, mkdir)"},
       {"name = \"x\"\n[[steps]]\nbuiltin = \"sleep\"\n", "field 'steps[0]': builtin 'sleep' needs 'duration'"},
       {"name = \"x\"\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"soon\"\n", "field 'steps[0].duration': invalid duration 'soon'"},
       {"name = \"x\"\n[[steps]]\nbuiltin = \"echo\"\ntext = \"a\"\ncolour = \"red\"\n", "field 'steps[0].colour': unknown argument for builtin 'echo'"},
@@ -194,4 +194,47 @@ TEST_CASE("queues in job files: a shared queue by name, a local [queue] table, p
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.error().message == "r.toml:2:15: field 'max_paralel': unknown field (allowed: max_parallel, max_total, "
                                "min_delay, run_on, fallback)");
+}
+
+// Found by tests/fuzz (fuzz_job_loader): toml++ 3.3.0 checks its own parser's
+// preconditions with assert(), and these break them; the master aborted on
+// `zforce job put` of such a file.
+TEST_CASE("regression: text that fails toml++'s internal checks is a syntax error, not an abort") {
+  for (const char* text : {"[#", "[\n", "[[{", "x = 2026-05-01T:00", "name = \"a\"\n[ #\n"}) {
+    CAPTURE(text);
+    auto job = parse_job(text, "jobs/x.toml");
+    REQUIRE_FALSE(job.ok());
+    CHECK(job.error().message.rfind("jobs/x.toml: not valid TOML", 0) == 0);
+    CHECK_FALSE(parse_queue(text, "queues/q.toml").ok());
+  }
+}
+
+// Found by tests/fuzz (fuzz_job_loader under UBSan): toml++ 3.3.0 classifies
+// non-ASCII characters outside string values with a function that reaches
+// __builtin_unreachable for most of them (é, ü, Cyrillic, ...).
+TEST_CASE("regression: non-ASCII text outside string values is refused before toml++ reaches undefined behaviour") {
+  struct Case {
+    std::string toml;
+    std::string error;
+  };
+  const Case cases[] = {
+      {"\xc3\xa9 = 1\n", "jobs/x.toml:1:1: non-ASCII characters are allowed only in strings and comments"},
+      {"name = \"a\"\n\"\xc3\xa9\" = 1\n", "jobs/x.toml:2:2: non-ASCII characters in keys are not supported"},
+      {"x = 1\xc3\xa9\n", "jobs/x.toml:1:6: non-ASCII characters are allowed only in strings and comments"},
+      {"x = \"a\"\xc3\xa9\n", "jobs/x.toml:1:8: non-ASCII characters are allowed only in strings and comments"},
+      {"x = 1[\"\xc3\xa9\"]\n", "jobs/x.toml:1:8: non-ASCII characters are allowed only in strings and comments"},
+      {"me = -\"l\xef\xbb\xafi4s", "jobs/x.toml:1:9: non-ASCII characters are allowed only in strings and comments"},
+      {"x = \"\\\xc3\xa9\"\n", "jobs/x.toml:1:7: a non-ASCII character right after a backslash: write it as \\uXXXX"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.toml);
+    CHECK(error_of(c.toml) == c.error);
+  }
+  // Where valid TOML has non-ASCII text, it loads as written.
+  auto job = parse_job("# r\xc3\xa9sum\xc3\xa9\nname = \"r\"\ndescription = \"\"\"\\\n   \xc3\xa9t\xc3\xa9 \xd0\xb4\"\"\"\n"
+                       "[[steps]]\nrun = [\"echo\", 'd\xc3\xa9j\xc3\xa0', \"\"\"\xe3\x81\x82\"\"\"]  # \xc3\xa9\n",
+                       "jobs/r.toml");
+  REQUIRE_MESSAGE(job.ok(), job.error().message);
+  CHECK(job->description == "\xc3\xa9t\xc3\xa9 \xd0\xb4");
+  CHECK(job->steps[0].run == std::vector<std::string>{"echo", "d\xc3\xa9j\xc3\xa0", "\xe3\x81\x82"});
 }

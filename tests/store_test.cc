@@ -6,8 +6,10 @@
 // may include sqlite3.h; they are skipped, with a message, where the shell is
 // not installed.
 #include "master/store.h"
+#include "master/store_writer.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -688,4 +690,98 @@ TEST_CASE("pruning removes old final instances and their history, never live one
     store.reset();
     CHECK(shell(dir.db(), "SELECT count(*) FROM transitions WHERE instance IN (1, 2, 6, 7);") == "0\n");
   }
+}
+
+TEST_CASE("update_instance changes what can change and keeps job, params, steps and retry") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  InstanceRecord r = instance(5, InstanceState::Assigned);
+  r.params = {{"who", "world"}};
+  r.steps_json = R"([{"kind":"builtin","builtin":"noop"}])";
+  r.retry_json = R"({"attempts":3})";
+  ok(store->upsert_instance(r));
+  InstanceRecord u;  // only the changing columns are set, as to_update_record does
+  u.id = 5;
+  u.state = InstanceState::Failed;
+  u.attempt = 2;
+  u.member = "w2";
+  u.slot = 1;
+  u.exit_code = 3;
+  u.failed_step = 0;
+  u.duration_ms = 77;
+  u.error = "boom";
+  u.output = "out";
+  u.updated_us = 42;
+  ok(store->update_instance(u));
+  auto back = ok(store->load_instance(5));
+  REQUIRE(back.has_value());
+  CHECK(back->state == InstanceState::Failed);
+  CHECK(back->attempt == 2);
+  CHECK(back->member == "w2");
+  CHECK(back->exit_code == 3);
+  CHECK(back->error == "boom");
+  CHECK(back->output == "out");
+  CHECK(back->updated_us == 42);
+  CHECK(back->job == r.job);
+  CHECK(back->params == r.params);
+  CHECK(back->steps_json == r.steps_json);
+  CHECK(back->retry_json == r.retry_json);
+  CHECK(back->created_us == r.created_us);
+}
+
+TEST_CASE("the store writer commits batches in order, groups them, and fails all after a failed commit") {
+  TempDir dir;
+  auto reader = open_ok(dir.path());
+  StoreWriter writer(open_ok(dir.path()));
+  // Wakes when done() has something; returns what it got.
+  auto wait_done = [&](size_t want) {
+    std::vector<StoreWriter::Done> got;
+    while (got.size() < want) {
+      pollfd p{writer.fd(), POLLIN, 0};
+      REQUIRE(::poll(&p, 1, 10000) == 1);
+      for (auto& d : writer.done()) got.push_back(std::move(d));
+    }
+    return got;
+  };
+  std::vector<uint64_t> batches;
+  for (int i = 0; i < 50; ++i) {
+    std::vector<StoreWriter::Op> ops;
+    ops.push_back([i](Store& s) { return s.put_job({"job" + std::to_string(i), "", "", true}); });
+    batches.push_back(writer.submit(std::move(ops)));
+  }
+  auto done = wait_done(50);
+  REQUIRE(done.size() == 50);
+  for (size_t i = 0; i < done.size(); ++i) {
+    CHECK(done[i].batch == batches[i]);
+    CHECK(done[i].status.ok());
+  }
+  // 50 batches queued faster than one commit: fewer transactions than batches.
+  CHECK(writer.commits() >= 1);
+  CHECK(writer.commits() <= 50);
+  // What was reported committed is visible to another connection, in order.
+  auto names = job_names(ok(reader->load()));
+  REQUIRE(names.size() == 50);
+  CHECK(names.front() == "job0");
+  CHECK(names.back() == "job49");
+
+  // A failing write fails its whole group; nothing of it is on disk, and
+  // every later batch fails too (the master stops at the first failure).
+  std::vector<StoreWriter::Op> bad;
+  bad.push_back([](Store& s) { return s.put_job({"half", "", "", true}); });
+  bad.push_back([](Store&) -> Status { return make_error("disk on fire"); });
+  uint64_t b1 = writer.submit(std::move(bad));
+  auto failed = wait_done(1);
+  CHECK(failed[0].batch == b1);
+  REQUIRE_FALSE(failed[0].status.ok());
+  CHECK(failed[0].status.error().message == "disk on fire");
+  std::vector<StoreWriter::Op> later;
+  later.push_back([](Store& s) { return s.put_job({"later", "", "", true}); });
+  uint64_t b2 = writer.submit(std::move(later));
+  auto after = wait_done(1);
+  CHECK(after[0].batch == b2);
+  CHECK_FALSE(after[0].status.ok());
+  auto names2 = job_names(ok(reader->load()));
+  CHECK(names2.size() == 50);
+  writer.wait_all();
+  CHECK(writer.submitted() == 52);
 }

@@ -12,6 +12,7 @@ std::string_view phase_name(Execution::Phase p) {
     case Execution::Phase::Starting: return "starting";
     case Execution::Phase::Running: return "running";
     case Execution::Phase::Sleeping: return "sleeping";
+    case Execution::Phase::Working: return "working";
     case Execution::Phase::Stopping: return "stopping";
     case Execution::Phase::Done: return "done";
   }
@@ -33,7 +34,8 @@ void Execution::finish(std::string status, int exit_code, std::string error, Clo
     output_.append(line.data(), line.size());
   }
   ended_ = now;
-  child_.reset();  // kills and reaps anything left of the step
+  child_.reset();      // kills and reaps anything left of the step
+  file_task_.reset();  // cancels a file builtin still running (abandoned past the grace)
   phase_ = Phase::Done;
 }
 
@@ -80,6 +82,16 @@ void Execution::start_step(Clock::time_point now) {
       sleep_until_ = now + *d;
       phase_ = Phase::Sleeping;
       return;
+    } else if (is_file_builtin(s.builtin)) {
+      // Off the loop: a copy may take minutes and heartbeats must go on.
+      auto task = FileTask::start(s.builtin, s.args, s.cwd);
+      if (!task.ok()) {
+        failed_step_ = static_cast<int>(step_);
+        return finish("failed", 1, "step '" + s.name + "': " + task.error().message, now);
+      }
+      file_task_ = std::move(task.value());
+      phase_ = Phase::Working;
+      return;
     } else {
       failed_step_ = static_cast<int>(step_);
       return finish("failed", 2, "step '" + s.name + "': this worker has no builtin '" + s.builtin + "'", now);
@@ -112,12 +124,28 @@ void Execution::on_child_exit(const ExitStatus& st, Clock::time_point now) {
   finish("failed", st.exit_code, why, now);
 }
 
+void Execution::on_file_task_done(Clock::time_point now) {
+  FileOutcome o = file_task_->outcome();
+  file_task_.reset();
+  if (phase_ == Phase::Stopping) return finish(stop_status_, -1, stop_error_, now);
+  if (o.exit_code == 0) {
+    ++step_;
+    phase_ = Phase::Starting;
+    return start_step(now);
+  }
+  failed_step_ = static_cast<int>(step_);
+  finish("failed", o.exit_code, "step '" + assign_.steps[step_].name + "': " + o.error, now);
+}
+
 void Execution::begin_stopping(std::string status, std::string why, Clock::time_point now) {
   if (phase_ == Phase::Done || phase_ == Phase::Stopping) return;
-  if (phase_ != Phase::Running || !child_) return finish(status, -1, why, now);
+  bool child_runs = phase_ == Phase::Running && child_;
+  bool file_task_runs = phase_ == Phase::Working && file_task_;
+  if (!child_runs && !file_task_runs) return finish(status, -1, why, now);
   stop_status_ = std::move(status);
   stop_error_ = std::move(why);
-  child_->signal_group(SIGTERM);
+  if (child_runs) child_->signal_group(SIGTERM);
+  else file_task_->cancel();  // it stops at its next chunk or directory entry
   kill_at_ = now + cfg_.kill_grace;
   phase_ = Phase::Stopping;
 }
@@ -131,6 +159,7 @@ void Execution::advance(Clock::time_point now) {
     if (child_->output_fd() >= 0) child_->read_output(output_);
     if (auto st = child_->try_reap()) return on_child_exit(*st, now);
   }
+  if (file_task_ && file_task_->finished()) return on_file_task_done(now);
   if (phase_ == Phase::Sleeping && sleep_until_ && now >= *sleep_until_) {
     sleep_until_.reset();
     ++step_;
@@ -139,8 +168,18 @@ void Execution::advance(Clock::time_point now) {
   }
   if (phase_ == Phase::Stopping) {
     if (kill_at_ && now >= *kill_at_) {
-      child_->signal_group(SIGKILL);
-      kill_at_.reset();  // the pidfd reports the end
+      kill_at_.reset();
+      if (child_) {
+        child_->signal_group(SIGKILL);  // the pidfd reports the end
+      } else if (file_task_) {
+        // A thread cannot be killed: one still blocked in the file system
+        // after the grace is left behind (finish() detaches it) so that the
+        // instance ends and its slot is freed.
+        std::string why = stop_error_.empty() ? "" : stop_error_ + "; ";
+        why += "builtin '" + assign_.steps[step_].builtin +
+               "' did not stop within the kill grace and was abandoned while blocked in the file system";
+        return finish(stop_status_, -1, why, now);
+      }
     }
     return;
   }
@@ -155,6 +194,7 @@ void Execution::advance(Clock::time_point now) {
 }
 
 void Execution::add_poll_items(std::vector<zmq::pollitem_t>& items) const {
+  if (file_task_) items.push_back({nullptr, file_task_->fd(), ZMQ_POLLIN, 0});
   if (!child_) return;
   if (child_->pidfd() >= 0) items.push_back({nullptr, child_->pidfd(), ZMQ_POLLIN, 0});
   if (child_->output_fd() >= 0) items.push_back({nullptr, child_->output_fd(), ZMQ_POLLIN, 0});
@@ -169,6 +209,7 @@ std::optional<Clock::time_point> Execution::deadline() const {
     case Phase::Starting: return Clock::time_point::min();
     case Phase::Running: take(step_deadline_); take(instance_deadline_); break;
     case Phase::Sleeping: take(sleep_until_); take(step_deadline_); take(instance_deadline_); break;
+    case Phase::Working: take(step_deadline_); take(instance_deadline_); break;
     case Phase::Stopping: take(kill_at_); break;
     case Phase::Done: break;
   }

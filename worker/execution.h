@@ -1,7 +1,10 @@
 // One instance being run by a worker: its steps one after another, the child
 // process or builtin of the current step, the deadlines (step timeout,
 // instance timeout, kill grace) and the output tail. Single-threaded: owned
-// and advanced by the worker loop, which polls the fds it exposes.
+// and advanced by the worker loop, which polls the fds it exposes. The one
+// exception is a file builtin (copy, move, delete, mkdir), which runs on a
+// helper thread owned by its FileTask and reports through an eventfd, so the
+// loop keeps heartbeating while a large copy runs.
 #pragma once
 
 #include <chrono>
@@ -13,6 +16,7 @@
 
 #include "common/protocol.h"
 #include "worker/child_process.h"
+#include "worker/file_builtins.h"
 #include "worker/output_tail.h"
 
 namespace zf {
@@ -33,7 +37,9 @@ class Execution {
     Starting,    // between steps: the next step starts on the next advance()
     Running,     // a child process runs the current step
     Sleeping,    // a builtin sleep waits for its end time
-    Stopping,    // SIGTERM sent (cancel or timeout); SIGKILL at kill_at_
+    Working,     // a file builtin runs on its FileTask's thread
+    Stopping,    // SIGTERM sent or file builtin cancelled (cancel or timeout);
+                 // SIGKILL, or the file builtin abandoned, at kill_at_
     Done,        // result() is final
   };
 
@@ -61,6 +67,7 @@ class Execution {
   void finish(std::string status, int exit_code, std::string error, Clock::time_point now);
   void begin_stopping(std::string status, std::string why, Clock::time_point now);
   void on_child_exit(const ExitStatus& st, Clock::time_point now);
+  void on_file_task_done(Clock::time_point now);
   void drain_output();
 
   proto::Assign assign_;
@@ -77,6 +84,7 @@ class Execution {
   std::string stop_status_;  // cancelled | timed_out while Stopping
   std::string stop_error_;
   std::unique_ptr<ChildProcess> child_;
+  std::unique_ptr<FileTask> file_task_;
   OutputTail output_;
   std::string status_;
   int exit_code_ = 0;

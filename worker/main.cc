@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/curve_keys.h"
 #include "common/duration.h"
 #include "common/log.h"
 #include "common/signals.h"
@@ -30,6 +31,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--output-limit", opt.exec.output_limit, "bytes of output kept per instance")
       ->capture_default_str();
+  std::string key_file, master_key_file;
+  app.add_option("--key", key_file, "this worker's secret key file (NAME.key, from zforce keygen)");
+  app.add_option("--master-key", master_key_file, "the master's public key file (master.pub)");
   app.add_flag("-v,--verbose", verbose, "debug logging");
   CLI11_PARSE(app, argc, argv);
 
@@ -45,6 +49,31 @@ int main(int argc, char** argv) {
   }
   zf::log::set_component("worker " + opt.name);
   if (verbose) zf::log::set_min_level(zf::log::Level::Debug);
+  if (key_file.empty() != master_key_file.empty()) {
+    std::fprintf(stderr, "zforce-worker: --key and --master-key go together (CURVE needs both)\n");
+    return 64;
+  }
+  if (!key_file.empty()) {
+    if (auto st = zf::check_key_name(opt.name); !st.ok()) {
+      std::fprintf(stderr, "zforce-worker: --name: %s (with keys, the name is the one the master approves)\n",
+                   st.error().message.c_str());
+      return 64;
+    }
+    auto key = zf::load_secret(key_file);
+    if (!key.ok()) {
+      std::fprintf(stderr, "zforce-worker: --key: %s\n", key.error().message.c_str());
+      return 64;
+    }
+    auto master_key = zf::load_public(master_key_file);
+    if (!master_key.ok()) {
+      std::fprintf(stderr, "zforce-worker: --master-key: %s\n", master_key.error().message.c_str());
+      return 64;
+    }
+    opt.key = *key;
+    opt.master_key = *master_key;
+    zf::log::info("CURVE: this worker's key " + zf::fingerprint(opt.key.public_key) + ", master key " +
+                  zf::fingerprint(opt.master_key));
+  }
 
   auto sigfd = zf::block_stop_signals_into_fd();
   if (!sigfd.ok()) {

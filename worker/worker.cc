@@ -41,6 +41,14 @@ void Worker::connect() {
   socket_->set(zmq::sockopt::linger, 0);
   socket_->set(zmq::sockopt::maxmsgsize, proto::kMaxMessageBytes);
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
+  if (!opt_.master_key.empty()) make_curve_client(*socket_, opt_.key, opt_.master_key);
+  handshake_failure_logged_ = false;
+  if (opt_.master.rfind("inproc://", 0) != 0) {
+    // A refused handshake is only visible here: nothing else arrives.
+    auto m = HandshakeMonitor::attach(ctx_, *socket_);
+    if (m) monitor_ = std::move(*m);
+    else log::warn("cannot watch the handshake with the master: " + m.error().message);
+  }
   socket_->connect(opt_.master);
   proto::Ready r;
   r.name = opt_.name;
@@ -55,7 +63,58 @@ void Worker::connect() {
   apply(LinkEvent::Connect);
 }
 
-void Worker::drop_socket() { socket_.reset(); }
+void Worker::drop_socket() {
+  monitor_.reset();
+  socket_.reset();
+}
+
+void Worker::reconnect_after_backoff(Clock::time_point now) {
+  drop_socket();
+  apply(LinkEvent::MasterSilent);
+  backoff_until_ = now + backoff_;
+  backoff_ = std::min(backoff_ * 2, opt_.backoff_max);
+}
+
+void Worker::on_handshake_events(Clock::time_point now) {
+  if (!monitor_) return;
+  for (const auto& e : monitor_->take()) {
+    switch (e.kind) {
+      case HandshakeEvent::Kind::Succeeded:
+        if (handshake_refusals_ > 0) log::info("handshake with the master succeeded: this worker's key is admitted");
+        handshake_refusals_ = 0;
+        continue;
+      case HandshakeEvent::Kind::Refused: {
+        ++handshake_refusals_;
+        // Every attempt while it waits for approval would flood the log.
+        if (handshake_refusals_ == 1 || handshake_refusals_ % 10 == 0) {
+          std::string fp = opt_.master_key.empty() ? std::string("none") : fingerprint(opt_.key.public_key);
+          log::error("the master refused this worker's key at the handshake (key " + fp + ", ZAP status " +
+                     std::to_string(e.value) + ", attempt " + std::to_string(handshake_refusals_) +
+                     "): it is not admitted as '" + opt_.name + "'. On the master, `zforce workers --pending` lists it "
+                     "and `zforce worker approve " + opt_.name + " --key " + fp +
+                     "` admits it; retrying with a fresh connection in " + std::to_string(backoff_.count()) + " ms");
+        }
+        reconnect_after_backoff(now);
+        return;
+      }
+      case HandshakeEvent::Kind::ProtocolError:
+        log::error("handshake with the master at " + opt_.master + " failed: " + describe_protocol_error(e.value) +
+                   (opt_.master_key.empty() ? " (this worker has no keys: --key and --master-key)" : "") +
+                   "; retrying in " + std::to_string(backoff_.count()) + " ms");
+        reconnect_after_backoff(now);
+        return;
+      case HandshakeEvent::Kind::NoDetail:
+        // libzmq reconnects on its own; the liveness check covers the rest.
+        if (!handshake_failure_logged_)
+          log::warn("the connection to the master ended during the handshake" +
+                    std::string(opt_.master_key.empty() ? ""
+                                                        : " (is --master-key the master's master.pub? a wrong one "
+                                                          "looks like this)"));
+        handshake_failure_logged_ = true;
+        continue;
+    }
+  }
+}
 
 void Worker::send(const proto::Message& m) {
   if (!socket_) return;
@@ -154,10 +213,7 @@ void Worker::check_liveness(Clock::time_point now) {
     log::warn("no word from the master at " + opt_.master + " for " +
               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - last_recv_).count()) +
               " ms; reconnecting in " + std::to_string(backoff_.count()) + " ms");
-    drop_socket();
-    apply(LinkEvent::MasterSilent);
-    backoff_until_ = now + backoff_;
-    backoff_ = std::min(backoff_ * 2, opt_.backoff_max);
+    reconnect_after_backoff(now);
     return;
   }
   if (state_ == LinkState::Connected && now - last_sent_ >= heartbeat_) send(proto::Heartbeat{});
@@ -222,6 +278,8 @@ int Worker::run() {
 
     items.clear();
     if (socket_) items.push_back({socket_->handle(), 0, ZMQ_POLLIN, 0});
+    size_t monitor_item = items.size();
+    if (monitor_) items.push_back({monitor_->socket().handle(), 0, ZMQ_POLLIN, 0});
     size_t first_fd = items.size();
     if (opt_.stop_fd >= 0) items.push_back({nullptr, opt_.stop_fd, ZMQ_POLLIN, 0});
     for (const auto& [id, ex] : running_) ex->add_poll_items(items);
@@ -269,6 +327,7 @@ int Worker::run() {
         handle_message(std::get<proto::Message>(d), now);
       }
     }
+    if (monitor_ && monitor_item < first_fd && (items[monitor_item].revents & ZMQ_POLLIN)) on_handshake_events(now);
     for (auto& [id, ex] : running_) ex->advance(now);
     reap_finished();
     if (drained()) {

@@ -12,6 +12,8 @@
 
 #include <zmq.hpp>
 
+#include "common/curve_keys.h"
+#include "common/handshake_monitor.h"
 #include "common/protocol.h"
 #include "worker/execution.h"
 #include "worker/link_state.h"
@@ -33,6 +35,10 @@ struct WorkerOptions {
   uint32_t liveness = 4;
   std::chrono::milliseconds backoff_min{100};
   std::chrono::milliseconds backoff_max{2000};
+  // CURVE (docs/security.md): this worker's key pair and the master's public
+  // key (master.pub). Empty master_key: no keys, the NULL mechanism.
+  KeyPair key;
+  std::string master_key;
 };
 
 class Worker {
@@ -47,6 +53,11 @@ class Worker {
   void apply(LinkEvent e);
   void connect();
   void drop_socket();
+  // Drops the socket and connects a fresh one after the backoff (which
+  // doubles up to backoff_max): a lost master, or a refused handshake, which
+  // libzmq does not retry on the same socket.
+  void reconnect_after_backoff(Clock::time_point now);
+  void on_handshake_events(Clock::time_point now);
   void send(const proto::Message& m);
   void handle_message(proto::Message& m, Clock::time_point now);
   void on_assign(proto::Assign a, Clock::time_point now);
@@ -60,6 +71,10 @@ class Worker {
   zmq::context_t& ctx_;
   WorkerOptions opt_;
   std::unique_ptr<zmq::socket_t> socket_;
+  // Handshake outcomes of socket_ (not on inproc://, which has no handshake).
+  std::unique_ptr<HandshakeMonitor> monitor_;
+  uint64_t handshake_refusals_ = 0;  // in a row, for the log
+  bool handshake_failure_logged_ = false;  // on this socket
   LinkState state_ = LinkState::Disconnected;
   std::chrono::milliseconds heartbeat_;
   uint32_t liveness_;

@@ -1,0 +1,207 @@
+// Dispatch rate seen on the tap, for scripts/bench.sh
+// (dispatch_per_s_1m_queued, dispatch_per_s_1k_queued,
+// workers_1000_dispatch_per_s). Subscribes to the instance end events, then
+// times COUNT of them: the rate is (COUNT - 1) / (ts of the COUNT-th end -
+// ts of the first), with the master's own event timestamps, so neither the
+// submission before the first end nor this process's lag is counted.
+//
+//   zforce-bench-dispatch --api EP --events EP --job NAME --count K
+//       [--submit N]            submit N instances (batches of 100,000) once the tap is live
+//       [--backlog Q --refill B]
+//                               Q are already waiting; after every B ends, submit B more,
+//                               so that between Q - B and Q stay waiting during the window
+//       [--ready-file PATH]     created once the tap is live (start the workers after it)
+//       [--timeout S]           give up after S seconds (default 600)
+//
+// Prints `dispatch_per_s: X` and a `# dispatch:` line with the details.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "common/protocol.h"
+#include "common/zmq_util.h"
+
+namespace {
+
+namespace proto = zf::proto;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+[[noreturn]] void die(const std::string& why) {
+  std::fprintf(stderr, "dispatch: %s\n", why.c_str());
+  std::exit(1);
+}
+
+struct Args {
+  std::string api, events, job, ready_file;
+  uint64_t count = 0, submit = 0, backlog = 0, refill = 0;
+  int timeout_s = 600;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    if (i + 1 >= argc) die("missing value after " + k);
+    std::string v = argv[++i];
+    if (k == "--api") a.api = v;
+    else if (k == "--events") a.events = v;
+    else if (k == "--job") a.job = v;
+    else if (k == "--count") a.count = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--submit") a.submit = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--backlog") a.backlog = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--refill") a.refill = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--ready-file") a.ready_file = v;
+    else if (k == "--timeout") a.timeout_s = std::atoi(v.c_str());
+    else die("unknown option " + k);
+  }
+  if (a.api.empty() || a.events.empty() || a.job.empty() || a.count < 2 || a.timeout_s < 1 ||
+      a.refill > 100000 || (a.refill > 0 && a.refill >= a.backlog))
+    die("usage: --api EP --events EP --job NAME --count K (>= 2) [--submit N] [--backlog Q --refill B (B < Q, "
+        "B <= 100000)] [--ready-file PATH] [--timeout S]");
+  return a;
+}
+
+class Probe {
+ public:
+  explicit Probe(const Args& a) : api_(ctx_, zmq::socket_type::dealer), sub_(ctx_, zmq::socket_type::sub) {
+    api_.set(zmq::sockopt::linger, 0);
+    api_.set(zmq::sockopt::maxmsgsize, int64_t{64} << 20);
+    api_.connect(a.api);
+    sub_.set(zmq::sockopt::linger, 0);
+    sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
+    // Only the ends (and our ping): the master filters the rest out.
+    for (const char* t : {"instance.succeeded", "instance.failed", "instance.timed_out", "instance.cancelled",
+                          "tap.ping"})
+      sub_.set(zmq::sockopt::subscribe, t);
+    sub_.connect(a.events);
+  }
+
+  // PUB/SUB joins late: ping until our own marker comes through.
+  void sync_tap() {
+    for (int i = 0; i < 100; ++i) {
+      std::string token = "dispatch-sync-" + std::to_string(i);
+      call("ping", {{"token", token}}, 10s);
+      auto deadline = Clock::now() + 200ms;
+      while (Clock::now() < deadline)
+        if (auto e = next_event(deadline); e && e->type == "tap.ping" && e->detail == token) return;
+    }
+    die("the tap never came alive");
+  }
+
+  // Sends op(args) and returns the reply's result; dies on an error reply or a timeout.
+  nlohmann::json call(const std::string& op, const nlohmann::json& args, Clock::duration timeout) {
+    proto::ApiRequest req{++req_, op, args};
+    std::string bytes = proto::encode(req);
+    api_.send(zmq::buffer(bytes), zmq::send_flags::none);
+    auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      zmq::pollitem_t item{api_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, 100ms);
+      zmq::message_t m;
+      if (!(item.revents & ZMQ_POLLIN) || !api_.recv(m, zmq::recv_flags::dontwait)) continue;
+      auto d = proto::decode(m.data(), m.size());
+      auto* msg = std::get_if<proto::Message>(&d);
+      auto* rep = msg ? std::get_if<proto::ApiReply>(msg) : nullptr;
+      if (!rep || rep->req != req.req) continue;
+      if (!rep->ok) die(op + ": " + rep->error);
+      return rep->result;
+    }
+    die("no reply to " + op + " in time");
+  }
+
+  void run(const std::string& job, uint64_t n) {
+    while (n > 0) {
+      uint64_t c = std::min<uint64_t>(n, 100000);
+      call("run", {{"job", job}, {"params", nlohmann::json::object()}, {"count", c}}, 120s);
+      n -= c;
+    }
+  }
+
+  // The next tap event before the deadline, if any.
+  std::optional<proto::Event> next_event(Clock::time_point deadline) {
+    while (true) {
+      if (zf::recv_multipart(sub_, parts_) && parts_.size() == 2) {
+        auto d = proto::decode(parts_[1].data(), parts_[1].size());
+        if (auto* msg = std::get_if<proto::Message>(&d))
+          if (auto* e = std::get_if<proto::Event>(msg)) return *e;
+        continue;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      zmq::pollitem_t item{sub_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::min(left, std::chrono::milliseconds(100)));
+    }
+  }
+
+ private:
+  zmq::context_t ctx_{1};
+  zmq::socket_t api_;
+  zmq::socket_t sub_;
+  std::vector<zmq::message_t> parts_;
+  uint64_t req_ = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a = parse(argc, argv);
+  Probe p(a);
+  p.sync_tap();
+  if (!a.ready_file.empty()) std::ofstream(a.ready_file) << "ready\n";
+  auto t_submit = Clock::now();
+  if (a.submit > 0) p.run(a.job, a.submit);
+  double submit_s = std::chrono::duration<double>(Clock::now() - t_submit).count();
+
+  auto deadline = Clock::now() + std::chrono::seconds(a.timeout_s);
+  uint64_t ended = 0, failed = 0, since_refill = 0, refills = 0;
+  // Estimated waiting: what was queued plus our submissions, minus the ends
+  // seen (an over-estimate by the instances in flight and the tap's lag).
+  int64_t waiting = static_cast<int64_t>(a.backlog + a.submit), waiting_min = waiting, waiting_max = waiting;
+  int64_t ts_first = 0, ts_last = 0;
+  Clock::time_point t_first{}, t_last{};
+  while (ended < a.count) {
+    auto e = p.next_event(deadline);
+    if (!e) die("only " + std::to_string(ended) + " of " + std::to_string(a.count) + " instances ended within " +
+                std::to_string(a.timeout_s) + " s");
+    if (e->type == "tap.ping" || e->job != a.job) continue;
+    if (ended == 0) {
+      ts_first = e->ts_us;
+      t_first = Clock::now();
+    }
+    ++ended;
+    ts_last = e->ts_us;
+    t_last = Clock::now();
+    if (e->type != "instance.succeeded") ++failed;
+    --waiting;
+    waiting_min = std::min(waiting_min, waiting);
+    if (a.refill > 0 && ++since_refill >= a.refill && ended < a.count) {
+      p.run(a.job, a.refill);
+      since_refill = 0;
+      ++refills;
+      waiting += static_cast<int64_t>(a.refill);
+      waiting_max = std::max(waiting_max, waiting);
+    }
+  }
+  double span = static_cast<double>(ts_last - ts_first) / 1e6;
+  double wall = std::chrono::duration<double>(t_last - t_first).count();
+  if (span <= 0) die("the window has no length");
+  std::printf("dispatch_per_s: %.1f\n", static_cast<double>(a.count - 1) / span);
+  std::printf("# dispatch: %llu ends of %s in %.3f s on the master's clock (%.3f s as received here, %.1f/s), "
+              "%llu not succeeded; submitted %llu first (%.2f s), %llu refills of %llu; waiting (estimated, "
+              "in flight counted as waiting) %lld..%lld\n",
+              static_cast<unsigned long long>(a.count), a.job.c_str(), span, wall,
+              static_cast<double>(a.count - 1) / wall, static_cast<unsigned long long>(failed),
+              static_cast<unsigned long long>(a.submit), submit_s, static_cast<unsigned long long>(refills),
+              static_cast<unsigned long long>(a.refill), static_cast<long long>(waiting_min),
+              static_cast<long long>(waiting_max));
+  return failed == 0 ? 0 : 1;
+}

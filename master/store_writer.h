@@ -1,0 +1,87 @@
+// Runs the store's writes on a thread of its own, so that the master's event
+// loop never waits for SQLite or for the disk.
+//
+// The loop gives each turn's writes to submit() as one batch and holds
+// everything the turn would send (ASSIGNs, api replies, events) until that
+// batch is reported committed (done(), after the loop saw fd() readable).
+// Meanwhile it goes on with the next turns. The writer takes every batch
+// queued by the time it is free and commits them in one transaction (group
+// commit across turns: the longer a commit takes, the more it carries), then
+// reports them done in submission order. So the commit rule holds — nothing
+// leaves the master before what it depends on is on disk — and the cost of
+// a commit (fsync) is paid once per group instead of once per turn, off the
+// loop.
+//
+// If a commit fails, that group and every later batch fail (nothing of them
+// is on disk); the master stops without sending what they held.
+//
+// Owns the write connection (a Store) and the thread. Thread contract:
+// submit(), fd(), done() and the destructor are called from the loop thread
+// only; the Store is touched only by the writer thread once the writer runs.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common/result.h"
+#include "master/store.h"
+
+namespace zf {
+
+class StoreWriter {
+ public:
+  // One write, run on the writer thread inside the group's transaction.
+  using Op = std::function<Status(Store&)>;
+  struct Done {
+    uint64_t batch = 0;
+    Status status;
+  };
+
+  explicit StoreWriter(std::unique_ptr<Store> store);
+  // Commits what is queued, then stops the thread.
+  ~StoreWriter();
+  StoreWriter(const StoreWriter&) = delete;
+  StoreWriter& operator=(const StoreWriter&) = delete;
+
+  // Queues one turn's writes; returns the batch number (1, 2, 3 …).
+  uint64_t submit(std::vector<Op> ops);
+  // Readable (eventfd) when batches were completed; done() clears it.
+  int fd() const { return event_fd_; }
+  // Batches completed since the last call, in submission order.
+  std::vector<Done> done();
+  // Blocks until every submitted batch is completed (shutdown).
+  void wait_all();
+  uint64_t submitted() const { return next_batch_ - 1; }
+  // Transactions committed so far (each carries one or more batches).
+  uint64_t commits() const;
+
+ private:
+  struct Batch {
+    uint64_t number;
+    std::vector<Op> ops;
+  };
+  void run();
+
+  std::unique_ptr<Store> store_;
+  int event_fd_ = -1;
+  uint64_t next_batch_ = 1;  // loop thread only
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // the writer waits for batches (or stop)
+  std::condition_variable idle_cv_;  // wait_all() waits for completions
+  std::deque<Batch> queued_;
+  std::vector<Done> completed_;
+  uint64_t last_completed_ = 0;
+  uint64_t commits_ = 0;
+  bool failed_ = false;  // a commit failed: later batches fail too
+  bool stop_ = false;
+  std::thread thread_;  // last: starts after everything above exists
+};
+
+}  // namespace zf

@@ -378,6 +378,10 @@ Status load_queue_fields(const Context& cx, const toml::table& t, std::string_vi
       auto n = get_int(cx, v, field, 1, 10000000);
       if (!n.ok()) return n.error();
       q.max_total = *n;
+    } else if (key == "max_queued") {
+      auto n = get_int(cx, v, field, 1, 100000000);
+      if (!n.ok()) return n.error();
+      q.max_queued = *n;
     } else if (key == "min_delay") {
       auto s = get_string(cx, v, field);
       if (!s.ok()) return s.error();
@@ -392,7 +396,7 @@ Status load_queue_fields(const Context& cx, const toml::table& t, std::string_vi
       if (key == "run_on") q.run_on = *r;
       else q.fallback = *r;
     } else {
-      return cx.at(&v, field, "unknown field (allowed: max_parallel, max_total, min_delay, run_on, fallback)");
+      return cx.at(&v, field, "unknown field (allowed: max_parallel, max_total, max_queued, min_delay, run_on, fallback)");
     }
   }
   if (auto s = validate(q); !s.ok()) return cx.at(nullptr, prefix.empty() ? "" : prefix, s.error().message);

@@ -47,6 +47,12 @@ struct QueueConfig {
   // Used instead of run_on while no member that run_on allows is alive
   // (e.g. run_on = workers, fallback = master).
   std::optional<RunOn> fallback;
+  // Instances that may wait in the queue at once. A submission that would go
+  // beyond it is refused whole, with an error naming the queue; a trigger
+  // firing into a full queue is skipped and counted. Bounds the master's
+  // memory against a runaway (or hostile) submitter.
+  int64_t max_queued = kDefaultMaxQueued;
+  static constexpr int64_t kDefaultMaxQueued = 1'000'000;
 };
 
 // Rejects values that cannot be what the operator meant; the message names

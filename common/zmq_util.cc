@@ -4,12 +4,16 @@ namespace zf {
 
 bool recv_multipart(zmq::socket_t& s, std::vector<zmq::message_t>& parts) {
   parts.clear();
+  bool first = true;
   while (true) {
     zmq::message_t m;
-    auto r = s.recv(m, parts.empty() ? zmq::recv_flags::dontwait : zmq::recv_flags::none);
+    auto r = s.recv(m, first ? zmq::recv_flags::dontwait : zmq::recv_flags::none);
     if (!r) return false;  // nothing waiting (only possible on the first part)
+    first = false;
     bool more = m.more();
-    parts.push_back(std::move(m));
+    // Frames beyond the limit are read (the message must be consumed whole)
+    // but not kept: a peer cannot make us hold a million frames.
+    if (parts.size() <= kMaxFramesKept) parts.push_back(std::move(m));
     if (!more) return true;
   }
 }

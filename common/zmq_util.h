@@ -16,6 +16,10 @@ namespace zf {
 // Receives every frame of one message if one is waiting; false if none is.
 // A part larger than the socket's ZMQ_MAXMSGSIZE never arrives (the peer is
 // disconnected by libzmq instead).
+// At most kMaxFramesKept + 1 frames are kept: a message with more than
+// kMaxFramesKept frames (no zforce message has more than 3) reaches the
+// caller with kMaxFramesKept + 1 frames, which no caller accepts.
+inline constexpr size_t kMaxFramesKept = 8;
 bool recv_multipart(zmq::socket_t& s, std::vector<zmq::message_t>& parts);
 
 // Sends frames as one message. Fails (no exception) when the peer is unknown

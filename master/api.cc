@@ -263,6 +263,10 @@ nlohmann::json Master::api_run(const nlohmann::json& args) {
   }
   auto resolved = resolve_instance(it->second, given);
   if (!resolved.ok()) throw ApiError{resolved.error().message};
+  if (auto full = queue_full(queue_of(it->second), count)) {
+    ++counters_.refused_queue_full;
+    throw ApiError{*full + "; nothing was submitted"};
+  }
   auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
   auto steps_json = encode_steps(*steps);
   nlohmann::json ids = nlohmann::json::array();
@@ -458,6 +462,7 @@ nlohmann::json Master::api_stats(const nlohmann::json&) {
           {"trigger_failed", counters_.trigger_failed},
           {"permission_denied", counters_.permission_denied},
           {"security_dropped", counters_.security_dropped},
+          {"refused_queue_full", counters_.refused_queue_full},
           {"handshakes_failed", security_ ? security_->handshake_counters().failed : 0},
           {"zap_admitted", security_ && security_->zap() ? security_->zap()->counters().admitted : 0},
           {"zap_refused", security_ && security_->zap() ? security_->zap()->counters().refused : 0},
@@ -489,7 +494,8 @@ nlohmann::json Master::queue_json(const QueueConfig& q) const {
   nlohmann::json j = {{"name", q.name},
                       {"max_parallel", q.max_parallel},
                       {"min_delay", format_duration(q.min_delay)},
-                      {"run_on", to_string(q.run_on)}};
+                      {"run_on", to_string(q.run_on)},
+                      {"max_queued", q.max_queued}};
   if (q.max_total) j["max_total"] = *q.max_total;
   if (q.fallback) j["fallback"] = to_string(*q.fallback);
   if (auto st = sched_.queue_stats(q.name)) {
@@ -609,7 +615,8 @@ bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::j
 std::optional<std::string> Master::api_denied(const zmq::message_t& body, const std::string& op) {
   if (!security_ || !security_->keyed()) return std::nullopt;  // without keys everyone is admin
   std::string user_id;
-  auto why = api_permission_error(security_->api_role(body, user_id), user_id, op);
+  const ApiRole role = security_->api_role(body, user_id);  // sets user_id
+  auto why = api_permission_error(role, user_id, op);
   if (!why) return std::nullopt;
   ++counters_.permission_denied;
   uint64_t suppressed = 0;

@@ -894,6 +894,13 @@ void Master::fire(const std::string& job, size_t trigger, const std::map<std::st
               resolved.error().message);
     return;
   }
+  if (auto full = queue_full(queue_of(it->second), 1)) {
+    ++counters_.refused_queue_full;
+    uint64_t suppressed = 0;
+    if (bad_traffic_log_.allow(Clock::now(), suppressed))
+      log::warn("job '" + job + "' trigger " + std::to_string(trigger) + " skipped: " + *full);
+    return;
+  }
   auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
   auto steps_json = encode_steps(*steps);
   uint64_t id = create_instance(it->second, std::move(resolved->params), std::move(steps), std::move(steps_json));
@@ -1051,6 +1058,16 @@ void Master::drop_removed_member(Member& m, const std::string& reason) {
   // concern: the member is gone either way.
   outbox_.push_back({m.socket, m.id, proto::encode(proto::Refused{reason}), ""});
   member_event(m, MemberEvent::Unreachable);
+}
+
+std::optional<std::string> Master::queue_full(const std::string& queue, uint64_t adding) const {
+  auto q = queues_.find(queue);
+  auto st = sched_.queue_stats(queue);
+  if (q == queues_.end() || !st) return std::nullopt;
+  uint64_t limit = static_cast<uint64_t>(q->second.max_queued);
+  if (static_cast<uint64_t>(st->waiting) + adding <= limit) return std::nullopt;
+  return "queue '" + queue + "' is full: " + std::to_string(st->waiting) + " instances waiting, " +
+         std::to_string(adding) + " more would exceed max_queued = " + std::to_string(limit);
 }
 
 }  // namespace zf

@@ -138,6 +138,7 @@ struct Counters {
   uint64_t trigger_failed = 0;
   uint64_t permission_denied = 0;  // api calls refused for the caller's role
   uint64_t security_dropped = 0;   // worker messages from keys not (or no longer) admitted
+  uint64_t refused_queue_full = 0;  // submissions and firings refused by max_queued
 };
 
 class Master {
@@ -199,6 +200,8 @@ class Master {
   // events go out. A master that cannot commit stops (exit 1): it must not
   // answer what it could not store.
   void end_turn();
+  // Why `adding` more instances may not wait in `queue` (max_queued), or none.
+  std::optional<std::string> queue_full(const std::string& queue, uint64_t adding) const;
   // Sends what committed turns held back (writer fd readable); a failed
   // commit stops the master.
   void take_commits();

@@ -145,6 +145,47 @@ TEST_CASE("garbage on every endpoint is dropped and counted, and the master keep
   CHECK(c.log_of("master").find("dropped a malformed message on the workers endpoint") != std::string::npos);
 }
 
+TEST_CASE("a full queue refuses a whole submission with a clear error and keeps what it accepted") {
+  Cluster c;
+  c.start_master({"--local-slots", "0"});  // no member: everything waits
+  auto job = c.write_file("q.toml", "name = \"q\"\n[queue]\nmax_queued = 5\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "q", "--count", "3"}).exit_code == 0);
+  auto over = c.zforce({"run", "q", "--count", "3"});
+  CHECK(over.exit_code == 1);
+  CHECK(over.err ==
+        "zforce: queue 'job:q' is full: 3 instances waiting, 3 more would exceed max_queued = 5; nothing was "
+        "submitted\n");
+  json s = stats(c);
+  CHECK(s["refused_queue_full"].get<int>() == 1);
+  CHECK(s["instances"]["queued"].get<int>() == 3);  // all or nothing: none of the 3 was added
+  REQUIRE(c.zforce({"run", "q", "--count", "2"}).exit_code == 0);  // exactly up to the limit
+  CHECK(c.zforce({"run", "q"}).exit_code == 1);
+  // Nothing accepted is dropped: a worker joins and all 5 succeed.
+  c.connect_tap();
+  c.start_worker("w1", 2);
+  CHECK(c.wait_for([&] { return c.count("instance.succeeded") == 5; }, 30s));
+  CHECK(c.zforce({"run", "q"}).exit_code == 0);  // room again
+}
+
+TEST_CASE("a message with too many frames is dropped and counted") {
+  Cluster c;
+  c.start_master();
+  zmq::context_t ctx(1);
+  zmq::socket_t d(ctx, zmq::socket_type::dealer);
+  d.set(zmq::sockopt::linger, 1000);
+  d.connect(c.api());
+  std::string req = zf::proto::encode(zf::proto::ApiRequest{1, "stats", json::object()});
+  for (int i = 0; i < 5000; ++i) d.send(zmq::buffer(req), zmq::send_flags::sndmore);
+  d.send(zmq::buffer(req), zmq::send_flags::none);
+  // The 5001-frame message gets no answer; the api keeps serving.
+  zmq::message_t reply;
+  d.set(zmq::sockopt::rcvtimeo, 500);
+  CHECK_FALSE(d.recv(reply));
+  json s = stats(c);
+  CHECK(s["malformed_api"].get<int>() == 1);
+}
+
 TEST_CASE("a worker of another protocol version is refused with a reason") {
   Cluster c;
   c.start_master();

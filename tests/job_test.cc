@@ -193,7 +193,7 @@ TEST_CASE("queues in job files: a shared queue by name, a local [queue] table, p
   auto bad = parse_queue("name = \"r\"\nmax_paralel = 3\n", "r.toml");
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.error().message == "r.toml:2:15: field 'max_paralel': unknown field (allowed: max_parallel, max_total, "
-                               "min_delay, run_on, fallback)");
+                               "max_queued, min_delay, run_on, fallback)");
 }
 
 // Found by tests/fuzz (fuzz_job_loader): toml++ 3.3.0 checks its own parser's

@@ -15,6 +15,10 @@ std::string describe_protocol_error(int code) {
     case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
       return "cryptographic check failed: a wrong master.pub, or replayed or forged handshake bytes";
     case ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE: return "CURVE key exchange failed";
+    case ZMQ_PROTOCOL_ERROR_ZMTP_UNSPECIFIED:
+      // libzmq 4.3 reports a CURVE INITIATE whose cookie belongs to another
+      // connection (replayed handshake bytes) this way.
+      return "handshake rejected (protocol error without detail: replayed or forged handshake bytes look like this)";
     case ZMQ_PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND: return "unexpected handshake command";
     case ZMQ_PROTOCOL_ERROR_ZMTP_INVALID_SEQUENCE: return "invalid handshake sequence";
     case ZMQ_PROTOCOL_ERROR_ZMTP_MALFORMED_COMMAND_HELLO: return "malformed HELLO";

@@ -75,7 +75,7 @@ class MasterSecurity {
   const HandshakeCounters& handshake_counters() const { return handshakes_; }
 
  private:
-  MasterSecurity(zmq::context_t& ctx) : ctx_(ctx) {}
+  explicit MasterSecurity(zmq::context_t& ctx) : ctx_(ctx) {}
 
   struct Watched {
     std::string domain;

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -236,13 +237,21 @@ Result<int> read_schema_version(sqlite3* db, const std::string& path) {
   return static_cast<int>(v->value_or(0));
 }
 
+// Once per process, before any other SQLite call: no global memory
+// statistics (they take a process-wide mutex on every allocation).
+void configure_sqlite_once() {
+  static std::once_flag once;
+  std::call_once(once, [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
+}
+
 // Checks an existing database on a read-only connection, which never writes
 // to the main file (it has no checkpoint to run): application id, integrity,
 // schema version. Returns the schema version.
 Result<int> validate_read_only(const std::string& path, int newest_known) {
   const std::string refuse = path + ": refusing to use this file as the zforce database: ";
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
+  configure_sqlite_once();
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
   DbPtr db(raw);
   if (rc != SQLITE_OK) return make_error(refuse + "cannot open it: " + (raw ? sqlite3_errmsg(raw) : "out of memory"));
   auto app = query_int(db.get(), path, "PRAGMA application_id");
@@ -315,6 +324,10 @@ const char* sync_pragma(StoreOptions::Sync s) {
 }
 
 Result<DbPtr> open_read_write(const std::string& path, int flags, const StoreOptions& opt) {
+  configure_sqlite_once();
+  // Each connection is used by one thread only (the loop's reader, the
+  // writer's thread): no per-call mutex.
+  flags |= SQLITE_OPEN_NOMUTEX;
   sqlite3* raw = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   DbPtr db(raw);

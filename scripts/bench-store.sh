@@ -10,7 +10,11 @@ B=${ZFORCE_BUILD:-build}
 N=20000
 [ "${1:-}" = "--quick" ] && N=5000
 RUNS=3
-SLOTS=${BENCH_SLOTS:-2}  # per worker
+# Slots per worker. A throughput figure needs enough instances in flight to
+# keep the pipeline full: with 2 x 2 slots each instance waits for two commits
+# in turn and the figure measures commit latency, not throughput (set
+# BENCH_SLOTS=2 to see that; docs/performance.md has both).
+SLOTS=${BENCH_SLOTS:-16}
 tmp=$(mktemp -d /tmp/zforce-bench-store.XXXXXX)
 pids=()
 stop_all() {

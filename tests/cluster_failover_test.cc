@@ -59,27 +59,31 @@ duration = "{{ms}}ms"
 )");
   REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
 
-  std::mt19937 rng(2026);
-  for (int batch = 0; batch < 150; ++batch) {
-    int ms = 10 + static_cast<int>(rng() % 191);
-    REQUIRE(c.zforce({"run", "nap", "-p", "ms=" + std::to_string(ms), "--count", "10"}).exit_code == 0);
-  }
-  // Kill one worker every 2 s and start it again, until everything has ended.
+  // Kill one worker every 2 s and start it again, from the first submission
+  // until everything has ended (submitting 150 batches takes a while itself).
   auto next_kill = std::chrono::steady_clock::now() + 2s;
   int kills = 0;
   const char* names[] = {"w1", "w2", "w3"};
   auto all_done = [&] { return c.count("instance.succeeded") >= 1500; };
+  auto maybe_kill = [&] {
+    if (std::chrono::steady_clock::now() < next_kill || all_done()) return;
+    std::string victim = names[kills % 3];
+    c.signal(workers[victim], SIGKILL);
+    c.wait_exit(workers[victim], 5s);
+    workers[victim] = c.start_worker(victim, 4);
+    ++kills;
+    next_kill += 2s;
+  };
+  std::mt19937 rng(2026);
+  for (int batch = 0; batch < 150; ++batch) {
+    int ms = 10 + static_cast<int>(rng() % 191);
+    REQUIRE(c.zforce({"run", "nap", "-p", "ms=" + std::to_string(ms), "--count", "10"}).exit_code == 0);
+    maybe_kill();
+  }
   auto deadline = std::chrono::steady_clock::now() + 180s;
   while (!all_done() && std::chrono::steady_clock::now() < deadline) {
     c.wait_for(all_done, 100ms);
-    if (std::chrono::steady_clock::now() >= next_kill && !all_done()) {
-      std::string victim = names[kills % 3];
-      c.signal(workers[victim], SIGKILL);
-      c.wait_exit(workers[victim], 5s);
-      workers[victim] = c.start_worker(victim, 4);
-      ++kills;
-      next_kill += 2s;
-    }
+    maybe_kill();
   }
   REQUIRE(all_done());
   MESSAGE(kills << " workers killed; " << c.count("instance.lost") << " attempts lost");

@@ -150,40 +150,55 @@ std::shared_ptr<const std::string> Master::encode_steps(const std::vector<proto:
 }
 
 void Master::end_turn() {
-  if (writer_) {
+  if (writer_ && !dirty_.empty()) {
+    // One op for all instances of the turn: one allocation, not one per instance.
+    std::vector<InstanceWrite> writes;
+    writes.reserve(dirty_.size());
     for (uint64_t id : dirty_) {
       auto it = instances_.find(id);
       if (it == instances_.end()) continue;
       Instance& inst = it->second;
+      inst.dirty = false;
+      InstanceWrite& w = writes.emplace_back();
       // Assigned and running change only a few columns of a row already stored.
       bool progress_only = inst.persisted_transitions > 0 && !inst.cancel_requested &&
                            (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
-      std::vector<TransitionRecord> added;
+      if (inst.persisted_transitions == 0) {
+        w.kind = InstanceWrite::kInsert;  // a new row needs everything
+        w.rec = to_record(inst);
+      } else if (progress_only) {
+        w.kind = InstanceWrite::kProgress;
+        w.rec.id = id;
+        w.rec.state = inst.state;
+        w.rec.attempt = inst.attempt;
+        w.rec.member = inst.member;
+        w.rec.slot = inst.slot;
+        w.rec.updated_us = inst.history.back().ts_us;
+      } else {
+        w.kind = InstanceWrite::kUpdate;  // afterwards only what can change
+        w.rec = to_update_record(inst);
+      }
       for (size_t k = inst.persisted_transitions; k < inst.history.size(); ++k) {
         const auto& t = inst.history[k];
-        added.push_back({static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});
+        w.added.push_back({static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});
       }
       inst.persisted_transitions = inst.history.size();
-      if (progress_only) {
-        write([id, state = inst.state, attempt = inst.attempt, member = inst.member, slot = inst.slot,
-               ts = inst.history.back().ts_us, added = std::move(added)](Store& st) -> Status {
-          if (auto s = st.update_progress(id, state, attempt, member, slot, ts); !s.ok()) return s;
-          for (const auto& t : added)
-            if (auto s = st.add_transition(id, t); !s.ok()) return s;
-          return {};
-        });
-      } else {
-        // A new row needs everything; afterwards only what can change.
-        bool is_new = inst.persisted_transitions == added.size();
-        write([is_new, rec = is_new ? to_record(inst) : to_update_record(inst),
-               added = std::move(added)](Store& st) -> Status {
-          if (auto s = is_new ? st.upsert_instance(rec) : st.update_instance(rec); !s.ok()) return s;
-          for (const auto& t : added)
-            if (auto s = st.add_transition(rec.id, t); !s.ok()) return s;
-          return {};
-        });
-      }
     }
+    write([writes = std::move(writes)](Store& st) -> Status {
+      for (const auto& w : writes) {
+        const auto& r = w.rec;
+        Status s = w.kind == InstanceWrite::kInsert   ? st.upsert_instance(r)
+                   : w.kind == InstanceWrite::kUpdate ? st.update_instance(r)
+                                                      : st.update_progress(r.id, r.state, r.attempt, r.member, r.slot,
+                                                                           r.updated_us);
+        if (!s.ok()) return s;
+        for (const auto& t : w.added)
+          if (auto s2 = st.add_transition(r.id, t); !s2.ok()) return s2;
+      }
+      return {};
+    });
+  }
+  if (writer_) {
     // Only what changed: an idle loop turn must not cost a disk write.
     if (next_instance_id_ != stored_next_id_) {
       write([n = next_instance_id_](Store& st) { return st.set_next_instance_id(n); });

@@ -115,6 +115,7 @@ struct Instance {
   std::optional<Clock::time_point> retry_at;  // queued, waiting out its backoff
   std::vector<Transition> history;
   size_t persisted_transitions = 0;  // history entries already in the store
+  bool dirty = false;                // in Master::dirty_ (changed this turn)
 };
 
 // A client waiting (api op `wait`) for instances to end.
@@ -195,7 +196,11 @@ class Master {
   void begin_shutdown(Clock::time_point now);
   // --- durability (see docs/durability.md)
   Status restore();
-  void mark_dirty(const Instance& inst) { dirty_.insert(inst.id); }
+  void mark_dirty(Instance& inst) {
+    if (inst.dirty) return;
+    inst.dirty = true;
+    dirty_.push_back(inst.id);
+  }
   // Commits what this loop turn changed, then lets its replies, messages and
   // events go out. A master that cannot commit stops (exit 1): it must not
   // answer what it could not store.
@@ -278,7 +283,7 @@ class Master {
   std::unique_ptr<class Store> store_;
   std::unique_ptr<StoreWriter> writer_;
   std::vector<StoreWriter::Op> ops_;  // this turn's writes, submitted by end_turn
-  std::set<uint64_t> dirty_;  // instances changed in this loop turn
+  std::vector<uint64_t> dirty_;  // instances changed in this loop turn (each once: Instance::dirty)
   // Messages to members and clients, sent after the turn is committed.
   struct Outgoing {
     zmq::socket_t* socket;
@@ -289,6 +294,12 @@ class Master {
   std::vector<Outgoing> outbox_;
   // Sends; members found unreachable are dropped (writes of the current turn).
   void send_outgoing(std::vector<Outgoing>& out);
+  // One instance's writes of a turn, as the store writer applies them.
+  struct InstanceWrite {
+    enum Kind { kInsert, kUpdate, kProgress } kind = kInsert;
+    InstanceRecord rec;  // kProgress: id, state, attempt, member, slot, updated_us only
+    std::vector<TransitionRecord> added;
+  };
   // Turns submitted to the writer and not yet reported committed, oldest
   // first, with what each holds back: its messages and its number of events.
   struct InCommit {

@@ -11,6 +11,7 @@
 #   scripts/fuzz.sh --target cron --target zap
 #   scripts/fuzz.sh --list               the target names
 #   scripts/fuzz.sh --no-install         do not touch packages
+#   ZFORCE_FUZZ_BUILD=DIR scripts/fuzz.sh  another build dir than build-fuzz/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ builddir=${ZFORCE_FUZZ_BUILD:-build-fuzz}
 install=1
 targets=()
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -74,7 +75,14 @@ ninja -C "$builddir" "${ninja_targets[@]}" >"$builddir/last-fuzz-build.log" 2>&1
 
 # ---- run
 work=$(mktemp -d "${TMPDIR:-/tmp}/zf-fuzz.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+child=
+cleanup() {
+  [ -z "$child" ] || kill "$child" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM  # so that a kill stops the fuzzer and cleans up too
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
@@ -102,14 +110,18 @@ for t in "${targets[@]}"; do
   [ -f "tests/fuzz/dict/$t.dict" ] && dict=("-dict=tests/fuzz/dict/$t.dict")
   log="$work/$t/log"
   set +e
+  # In the background and waited for, so that a signal reaches the traps at once.
   TMPDIR="$work/$t/tmp" "$builddir/tests/fuzz/fuzz_$t" "$corpus" "${dict[@]}" \
     -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1
+    -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 &
+  child=$!
+  wait "$child"
   status=$?
+  child=
   set -e
   runs=$(awk '/^stat::number_of_executed_units:/{print $2}' "$log")
   speed=$(awk '/^stat::average_exec_per_sec:/{print $2}' "$log")
-  last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
+  last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)  # none if it died at start
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p' <<<"$last")

@@ -263,3 +263,29 @@ TEST_CASE("sanitize_sample keeps log lines printable and short") {
   CHECK(s == "ab\\x01\\xff\\x0a");
   CHECK(sanitize_sample(std::string(100, 'x').data(), 100, 10).size() <= 14);
 }
+
+// Found by tests/fuzz (fuzz_protocol ran at ~300 inputs/s): msgpack allocates
+// a map's or array's elements when it reads the count, so 31 nested "map of
+// 100000 pairs" headers, 162 bytes, made the decoder allocate ~150 MB and
+// spend ~18 ms before it found the frame truncated. Counts are now capped by
+// the frame's size (an element takes at least one byte).
+TEST_CASE("regression: a frame cannot declare more elements than it has bytes") {
+  std::string frame = "\x95\xa2ZF\x01\x00\x0b";
+  for (int i = 0; i < 31; ++i) frame += std::string("\xdf\x00\x01\x86\xa0", 5);  // map32, 100000 pairs
+  auto d = decode(frame);
+  REQUIRE(std::holds_alternative<DecodeError>(d));
+  CHECK(std::get<DecodeError>(d).kind == DecodeFailure::Malformed);
+  CHECK(std::get<DecodeError>(d).reason == "not msgpack: map size overflow");
+  auto a = decode(std::string("\xdd\x00\x01\x86\xa0", 5));  // array32 of 100000, 5 bytes
+  REQUIRE(std::holds_alternative<DecodeError>(a));
+  CHECK(std::get<DecodeError>(a).reason == "not msgpack: array size overflow");
+  // A frame that does hold its elements still decodes: 50000 of them here.
+  ApiReply big;
+  big.req = 1;
+  big.ok = true;
+  big.result = json::array();
+  for (int i = 0; i < 50000; ++i) big.result.push_back(i % 100);
+  auto r = decode(encode(big));
+  REQUIRE(std::holds_alternative<Message>(r));
+  CHECK(std::get<ApiReply>(std::get<Message>(r)).result.size() == 50000);
+}

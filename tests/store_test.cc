@@ -292,7 +292,8 @@ TEST_CASE("an instance and its history round trip with every field") {
   r.failed_step = 1;
   r.duration_ms = 12'345;
   r.error = "step 'compile' exited with 2";
-  r.output = std::string("line 1\n\0binary\xff\xfe tail", 24);
+  static constexpr char kOutput[] = "line 1\n\0binary\xff\xfe tail";
+  r.output = std::string(kOutput, sizeof kOutput - 1);  // the NUL inside included (found by ASan: was 24, 2 too many)
   r.updated_us = 9'999'999'999;
   r.cancel_requested = true;
   r.retry_at_us = 1'700'000'000'000'000;

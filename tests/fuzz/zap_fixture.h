@@ -3,6 +3,7 @@
 // does not know. Fixed raw keys (not generated) keep runs reproducible.
 #pragma once
 
+#include <initializer_list>
 #include <string>
 
 namespace zf::fuzz {

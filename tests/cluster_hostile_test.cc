@@ -184,12 +184,12 @@ TEST_CASE("100,000 hostile frames per endpoint during a workload: workload corre
     }
 
   // The garbage was seen, dropped and counted; the master still answers.
-  auto stats = parse_ok(c.zforce({"--json", "stats"}));
+  auto stats = parse_ok(c.zforce({"--json", "--timeout", "120s", "stats"}, 150s));
   INFO(stats.dump());
   CHECK(stats["malformed_workers"].get<long>() > 1000);
   CHECK(stats["malformed_api"].get<long>() > 1000);
-  auto again = c.zforce({"run", "n", "--wait"});
-  CHECK(again.exit_code == 0);
+  auto again = c.zforce({"--timeout", "120s", "run", "n", "--wait"}, 150s);
+  CHECK_MESSAGE(again.exit_code == 0, again.err);
 
   // Memory: three more floods of the same size (900,000 frames) must not make
   // the master grow beyond allocator noise: 64 MiB over 900,000 frames would
@@ -208,11 +208,20 @@ TEST_CASE("100,000 hostile frames per endpoint during a workload: workload corre
     t6.join();
     MESSAGE("round " << round << ": " << rss_kib(c.master_pid()).first / 1024 << " MiB");
   }
-  CHECK(c.zforce({"run", "n", "--wait"}).exit_code == 0);
+  // The master may still be working through garbage queued at its sockets
+  // (slowly, under sanitizers): the answer may take a while, it must come.
+  auto last = c.zforce({"--timeout", "120s", "run", "n", "--wait"}, 150s);
+  CHECK_MESSAGE(last.exit_code == 0, last.err);
   auto [rss_after2, hwm_after2] = rss_kib(c.master_pid());
   MESSAGE("master RSS: before " << rss_before / 1024 << " MiB, after 300k hostile frames " << rss_after1 / 1024
                                 << " MiB, after 1.2M " << rss_after2 / 1024 << " MiB; peak " << hwm_after2 / 1024
                                 << " MiB (peak before the floods " << hwm_before / 1024 << " MiB)");
+#ifdef __SANITIZE_ADDRESS__
+  // AddressSanitizer keeps freed memory in quarantine (256 MiB) on purpose:
+  // RSS says nothing about the master here; the plain build checks it.
+  MESSAGE("AddressSanitizer build: memory bounds not checked");
+#else
   CHECK(rss_after2 < rss_after1 + 64 * 1024);
   CHECK(hwm_after2 < hwm_before + 192 * 1024);
+#endif
 }

@@ -151,16 +151,16 @@ TEST_CASE("100,000 hostile frames per endpoint during a workload: workload corre
   std::thread t3(flood_events, c.events_endpoint(), 13u, std::ref(sent_events));
 
   const int kWorkload = 1000;
-  auto run = c.zforce({"--json", "run", "n", "--count", std::to_string(kWorkload)});
+  auto run = c.zforce({"--json", "--timeout", "120s", "run", "n", "--count", std::to_string(kWorkload)}, 150s);
+  t1.join();  // before any REQUIRE can leave the scope with the threads running
+  t2.join();
+  t3.join();
   REQUIRE_MESSAGE(run.exit_code == 0, run.err);
   auto ids_json = parse_ok(run)["instances"];
   std::set<uint64_t> ids;
   for (const auto& id : ids_json) ids.insert(id.get<uint64_t>());
   REQUIRE(ids.size() == static_cast<size_t>(kWorkload));
 
-  t1.join();
-  t2.join();
-  t3.join();
   CHECK(sent_workers.load() == kFramesPerEndpoint);
   CHECK(sent_api.load() == kFramesPerEndpoint);
   CHECK(sent_events.load() == kFramesPerEndpoint);

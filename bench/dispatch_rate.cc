@@ -6,7 +6,9 @@
 // submission before the first end nor this process's lag is counted.
 //
 //   zforce-bench-dispatch --api EP --events EP --job NAME --count K
-//       [--submit N]            submit N instances (batches of 100,000) once the tap is live
+//       [--submit N]            submit N instances once the tap is live, in calls of
+//       [--batch B]             B (default 100,000, the api's limit); the window starts at
+//                               the first end, so it includes the later calls
 //       [--backlog Q --refill B]
 //                               Q are already waiting; after every B ends, submit B more,
 //                               so that between Q - B and Q stay waiting during the window
@@ -42,7 +44,7 @@ using namespace std::chrono_literals;
 
 struct Args {
   std::string api, events, job, ready_file;
-  uint64_t count = 0, submit = 0, backlog = 0, refill = 0;
+  uint64_t count = 0, submit = 0, batch = 100000, backlog = 0, refill = 0;
   int timeout_s = 600;
 };
 
@@ -57,6 +59,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--job") a.job = v;
     else if (k == "--count") a.count = std::strtoull(v.c_str(), nullptr, 10);
     else if (k == "--submit") a.submit = std::strtoull(v.c_str(), nullptr, 10);
+    else if (k == "--batch") a.batch = std::strtoull(v.c_str(), nullptr, 10);
     else if (k == "--backlog") a.backlog = std::strtoull(v.c_str(), nullptr, 10);
     else if (k == "--refill") a.refill = std::strtoull(v.c_str(), nullptr, 10);
     else if (k == "--ready-file") a.ready_file = v;
@@ -64,9 +67,9 @@ Args parse(int argc, char** argv) {
     else die("unknown option " + k);
   }
   if (a.api.empty() || a.events.empty() || a.job.empty() || a.count < 2 || a.timeout_s < 1 ||
-      a.refill > 100000 || (a.refill > 0 && a.refill >= a.backlog))
-    die("usage: --api EP --events EP --job NAME --count K (>= 2) [--submit N] [--backlog Q --refill B (B < Q, "
-        "B <= 100000)] [--ready-file PATH] [--timeout S]");
+      a.refill > 100000 || (a.refill > 0 && a.refill >= a.backlog) || a.batch < 1 || a.batch > 100000)
+    die("usage: --api EP --events EP --job NAME --count K (>= 2) [--submit N [--batch B (<= 100000)]] "
+        "[--backlog Q --refill B (B < Q, B <= 100000)] [--ready-file PATH] [--timeout S]");
   return a;
 }
 
@@ -118,9 +121,9 @@ class Probe {
     die("no reply to " + op + " in time");
   }
 
-  void run(const std::string& job, uint64_t n) {
+  void run(const std::string& job, uint64_t n, uint64_t batch = 100000) {
     while (n > 0) {
-      uint64_t c = std::min<uint64_t>(n, 100000);
+      uint64_t c = std::min<uint64_t>(n, batch);
       call("run", {{"job", job}, {"params", nlohmann::json::object()}, {"count", c}}, 120s);
       n -= c;
     }
@@ -158,7 +161,7 @@ int main(int argc, char** argv) {
   p.sync_tap();
   if (!a.ready_file.empty()) std::ofstream(a.ready_file) << "ready\n";
   auto t_submit = Clock::now();
-  if (a.submit > 0) p.run(a.job, a.submit);
+  if (a.submit > 0) p.run(a.job, a.submit, a.batch);
   double submit_s = std::chrono::duration<double>(Clock::now() - t_submit).count();
 
   auto deadline = Clock::now() + std::chrono::seconds(a.timeout_s);

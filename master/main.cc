@@ -1,5 +1,7 @@
 // zforce-master: holds the jobs, turns runs into instances, and dispatches
 // them to its members.
+#include <sys/resource.h>
+
 #include <cstdlib>
 #include <thread>
 
@@ -26,6 +28,21 @@ std::string default_data_dir() {
   if (const char* s = std::getenv("XDG_STATE_HOME"); s && *s) return std::string(s) + "/zforce";
   if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/state/zforce";
   return "zforce-data";
+}
+
+// Each worker, client and tap subscriber holds a socket (two with the store's
+// connections and the writer): 1,024 descriptors, a common soft default, stop
+// a master at about 1,000 workers. Raise the soft limit to the hard one.
+void raise_fd_limit() {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= r.rlim_max) return;
+  rlim_t before = r.rlim_cur;
+  r.rlim_cur = r.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &r) == 0)
+    zf::log::info("open files limit raised from " + std::to_string(before) + " to " + std::to_string(r.rlim_cur));
+  else
+    zf::log::warn("cannot raise the open files limit above " + std::to_string(before) +
+                  " (about that many workers and clients at most)");
 }
 
 }  // namespace
@@ -76,6 +93,7 @@ int main(int argc, char** argv) {
 
   zf::log::set_component("master");
   if (verbose) zf::log::set_min_level(zf::log::Level::Debug);
+  raise_fd_limit();
   auto hb = zf::parse_duration(heartbeat);
   if (!hb.ok() || hb->count() < 10) {
     std::fprintf(stderr, "zforce-master: --heartbeat: %s\n",

@@ -4,29 +4,14 @@
 
 namespace zf {
 
-namespace {
-
-// Untrusted text (an op name a client sent) shown back in a message or a log line.
-std::string printable(std::string_view s, size_t max = 64) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    out.push_back(c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?');
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
-
-}  // namespace
-
 std::optional<std::string> api_permission_error(ApiRole role, std::string_view user_id, std::string_view op) {
   if (role == ApiRole::Admin) return std::nullopt;
   if (role == ApiRole::ReadOnly && is_read_only_op(op)) return std::nullopt;
-  const std::string who = user_id.empty() ? std::string("an unknown client") : printable(user_id);
+  const std::string who = user_id.empty() ? std::string("an unknown client") : printable(user_id, 64);
   if (role == ApiRole::None)
-    return "permission denied: " + printable(op) + " needs the admin role (this client, " + who +
+    return "permission denied: " + printable(op, 64) + " needs the admin role (this client, " + who +
            ", has no role on this master)";
-  return "permission denied: " + printable(op) + " needs the admin role (this client is " + who + ")";
+  return "permission denied: " + printable(op, 64) + " needs the admin role (this client is " + who + ")";
 }
 
 std::string refusal_detail(const Refusal& r) {

@@ -15,17 +15,6 @@ std::string_view view_of(const zmq::message_t& m) {
   return std::string_view(static_cast<const char*>(m.data()), m.size());
 }
 
-// A short printable sample of untrusted bytes for log lines and reasons.
-std::string sanitize(std::string_view s, size_t max = 32) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    out.push_back(c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?');
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
-
 std::string utc_text(std::chrono::system_clock::time_point t) {
   std::time_t secs = std::chrono::system_clock::to_time_t(t);
   std::tm tm{};
@@ -156,9 +145,9 @@ bool ZapHandler::handle_one() {
     ++counters_.malformed;
     Decision d{500, "", "malformed ZAP request: " + why};
     Refusal r;
-    r.domain = body.size() > 2 ? sanitize(body[2]) : "";
-    r.address = body.size() > 3 ? sanitize(body[3], 64) : "";
-    r.mechanism = body.size() > 5 ? sanitize(body[5], 16) : "";
+    r.domain = body.size() > 2 ? printable(body[2]) : "";
+    r.address = body.size() > 3 ? printable(body[3], 64) : "";
+    r.mechanism = body.size() > 5 ? printable(body[5], 16) : "";
     r.reason = d.reason;
     r.status = 500;
     refuse(std::move(r));
@@ -169,7 +158,7 @@ bool ZapHandler::handle_one() {
   // RFC 27: version, request id, domain, address, identity, mechanism, credentials...
   if (body.size() < 6)
     return malformed(std::to_string(body.size()) + " frames after the envelope, at least 6 expected");
-  if (body[0] != "1.0") return malformed("version '" + sanitize(body[0]) + "', expected '1.0'");
+  if (body[0] != "1.0") return malformed("version '" + printable(body[0]) + "', expected '1.0'");
   const std::string_view domain = body[2];
   const std::string_view address = body[3];
   const std::string_view mechanism = body[5];
@@ -186,7 +175,7 @@ bool ZapHandler::handle_one() {
   } else if (mechanism == "GSSAPI") {
     // Well-formed but not something zforce accepts; decided below.
   } else {
-    return malformed("unknown mechanism '" + sanitize(mechanism) + "'");
+    return malformed("unknown mechanism '" + printable(mechanism) + "'");
   }
 
   Decision d = decide(domain, mechanism, raw_key, address);
@@ -195,8 +184,8 @@ bool ZapHandler::handle_one() {
   } else {
     ++counters_.refused;
     Refusal r;
-    r.domain = sanitize(domain);
-    r.address = sanitize(address, 64);
+    r.domain = printable(domain);
+    r.address = printable(address, 64);
     r.mechanism = std::string(mechanism);
     r.fingerprint = raw_key.empty() ? "" : fingerprint_raw(raw_key);
     r.reason = d.reason;
@@ -222,7 +211,7 @@ ZapHandler::Decision ZapHandler::decide(std::string_view domain, std::string_vie
       return Decision{200, "readonly:" + it->second, "OK"};
     return Decision{400, "", "unknown client key (not in clients/admin or clients/readonly)"};
   }
-  return Decision{400, "", "unknown ZAP domain '" + sanitize(domain) + "'"};
+  return Decision{400, "", "unknown ZAP domain '" + printable(domain) + "'"};
 }
 
 ZapHandler::Decision ZapHandler::decide_worker(const std::string& key, std::string_view address) {
@@ -240,7 +229,7 @@ void ZapHandler::note_pending(const std::string& key, std::string_view address) 
   const auto now = clock_();
   auto it = pending_.find(key);
   if (it != pending_.end()) {
-    it->second.address = sanitize(address, 64);
+    it->second.address = printable(address, 64);
     it->second.last_seen = now;
     ++it->second.attempts;
     return;
@@ -249,7 +238,7 @@ void ZapHandler::note_pending(const std::string& key, std::string_view address) 
   PendingWorker p;
   p.public_key = key;
   p.fingerprint = fingerprint(key);
-  p.address = sanitize(address, 64);
+  p.address = printable(address, 64);
   p.first_seen = p.last_seen = now;
   p.attempts = 1;
   // Persist so the operator can approve after a master restart too. A write
@@ -338,7 +327,7 @@ Result<NamedKey> ZapHandler::approve(std::string_view name, std::string_view key
       }
     }
     if (pending_.empty()) return make_error("no worker key is pending approval");
-    return make_error("no pending worker key matches '" + sanitize(key) + "'");
+    return make_error("no pending worker key matches '" + printable(key) + "'");
   }
   if (matches.size() > 1) {
     std::string list;
@@ -366,7 +355,7 @@ Result<NamedKey> ZapHandler::approve(std::string_view name, std::string_view key
 Result<NamedKey> ZapHandler::remove(std::string_view name) {
   if (!keyed_) return make_error("the master runs without keys; there is nothing to revoke");
   auto it = key_by_worker_.find(name);
-  if (it == key_by_worker_.end()) return make_error("no admitted worker named '" + sanitize(name, 64) + "'");
+  if (it == key_by_worker_.end()) return make_error("no admitted worker named '" + printable(name, 64) + "'");
   const std::string key = it->second;
   const std::filesystem::path from = dir_ / "workers" / (std::string(name) + ".pub");
   const std::filesystem::path revoked_dir = dir_ / "revoked";
@@ -423,6 +412,16 @@ ApiRole ZapHandler::api_role(std::string_view user_id) const {
   if (kind == "admin" && admin_names_.count(name)) return ApiRole::Admin;
   if (kind == "readonly" && readonly_names_.count(name)) return ApiRole::ReadOnly;
   return ApiRole::None;
+}
+
+std::string printable(std::string_view s, size_t max) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < max; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    out.push_back(c >= 0x20 && c < 0x7f ? static_cast<char>(c) : '?');
+  }
+  if (s.size() > max) out += "...";
+  return out;
 }
 
 }  // namespace zf

@@ -67,6 +67,10 @@ bool is_read_only_op(std::string_view op);
 // Read it from a body frame: the routing-id frame a ROUTER adds carries none.
 std::string user_id_of(const zmq::message_t& frame);
 
+// Untrusted text (a ZAP field, an op name a client sent) shown back in a log
+// line or a reason: at most `max` characters, non-printable ones as '?'.
+std::string printable(std::string_view s, size_t max = 32);
+
 // An unknown worker key that tried to join.
 struct PendingWorker {
   std::string public_key;  // Z85

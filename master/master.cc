@@ -234,6 +234,11 @@ void Master::end_turn() {
 void Master::send_outgoing(std::vector<Outgoing>& out) {
   std::set<std::string> unreachable;
   for (const auto& o : out) {
+    if (o.assign_instance && !assign_still_current(o)) {
+      log::info("ASSIGN of instance " + std::to_string(o.assign_instance) + " attempt " +
+                std::to_string(o.assign_attempt) + " to '" + o.member + "' not sent: that attempt has ended meanwhile");
+      continue;
+    }
     auto s = send_multipart(*o.socket, {o.peer, o.bytes});
     if (!s.ok() && !o.member.empty() && !unreachable.count(o.member)) {
       log::warn("cannot reach member '" + o.member + "': " + s.error().message);
@@ -247,6 +252,14 @@ void Master::send_outgoing(std::vector<Outgoing>& out) {
     auto it = members_.find(name);
     if (it != members_.end()) member_event(it->second, MemberEvent::Unreachable);
   }
+}
+
+bool Master::assign_still_current(const Outgoing& o) const {
+  auto it = instances_.find(o.assign_instance);
+  if (it == instances_.end()) return false;
+  const Instance& inst = it->second;
+  return inst.attempt == o.assign_attempt && inst.member == o.member &&
+         (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
 }
 
 void Master::take_commits() {
@@ -665,6 +678,8 @@ void Master::dispatch() {
     a.steps = *inst.steps;
     a.timeout_ms = inst.timeout_ms;
     send_to(m, a);
+    outbox_.back().assign_instance = a.instance;
+    outbox_.back().assign_attempt = a.attempt;
   }
 }
 

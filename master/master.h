@@ -169,6 +169,7 @@ class Master {
   void member_event(Member& m, MemberEvent e);
   void release_member_instances(Member& m);
   bool send_to(Member& m, const proto::Message& msg);
+
   void refuse(zmq::socket_t& s, const std::string& id, const std::string& reason);
   // --- security (docs/security.md; the end of master.cc and master/security.*)
   void on_security_events();
@@ -290,10 +291,17 @@ class Master {
     std::string peer;
     std::string bytes;
     std::string member;  // non-empty: a member, lost if the send fails
+    // An ASSIGN: the attempt it starts. It is not sent if, by the time its
+    // turn is committed, that attempt was already declared lost (a worker
+    // that re-registered meanwhile): a stale ASSIGN would start a copy.
+    uint64_t assign_instance = 0;
+    uint32_t assign_attempt = 0;
   };
   std::vector<Outgoing> outbox_;
   // Sends; members found unreachable are dropped (writes of the current turn).
   void send_outgoing(std::vector<Outgoing>& out);
+  // Whether an ASSIGN held since its turn still starts the current attempt.
+  bool assign_still_current(const Outgoing& o) const;
   // One instance's writes of a turn, as the store writer applies them.
   struct InstanceWrite {
     enum Kind { kInsert, kUpdate, kProgress } kind = kInsert;

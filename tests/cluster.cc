@@ -232,6 +232,10 @@ void Cluster::connect_tap() {
 }
 
 void Cluster::pump(std::chrono::milliseconds max_wait) {
+  if (!sub_) {  // no tap connected: wait_for only polls its predicate
+    std::this_thread::sleep_for(max_wait);
+    return;
+  }
   zmq::pollitem_t item{sub_->handle(), 0, ZMQ_POLLIN, 0};
   zmq::poll(&item, 1, max_wait);
   std::vector<zmq::message_t> parts;

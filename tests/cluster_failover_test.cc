@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <random>
@@ -12,6 +13,8 @@
 #include <sstream>
 #include <thread>
 
+#include "common/protocol.h"
+#include "common/zmq_util.h"
 #include "tests/cluster.h"
 
 using namespace zf::test;
@@ -302,4 +305,85 @@ TEST_CASE("an instance that requires a tag runs only on a member that has every 
   c.start_worker("q1", 1, {"--tag", "quantum"});
   REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 26; }, 10s));
   CHECK(c.events_of(21).back()["member"] == "q1");
+}
+
+// The master gives an attempt up while its ASSIGN is still on the way (the
+// worker re-registered meanwhile) and assigns the next attempt to the same
+// worker. A scripted master (a ROUTER in this test) drives the real
+// zforce-worker: the worker must stop the older attempt and then run the
+// newer one, never both at once, and never leave the newer one waiting.
+TEST_CASE("a worker given a newer attempt of an instance it runs stops the older one, then runs the newer") {
+  Cluster c;  // only for its temp folder, process bookkeeping and logs
+  zmq::context_t ctx;
+  zmq::socket_t router(ctx, zmq::socket_type::router);
+  router.set(zmq::sockopt::rcvtimeo, 200);
+  router.bind("tcp://127.0.0.1:*");
+  std::string ep = router.get(zmq::sockopt::last_endpoint);
+  c.spawn({bin("ZF_WORKER_BIN"), "--master", ep, "--name", "w1", "--slots", "2", "--kill-grace", "200ms"}, "worker-w1");
+
+  std::string peer;
+  std::vector<zf::proto::Message> got;  // everything the worker sent, in order
+  auto receive = [&](std::chrono::milliseconds for_how_long, const std::function<bool()>& until) {
+    auto deadline = std::chrono::steady_clock::now() + for_how_long;
+    while (std::chrono::steady_clock::now() < deadline && !until()) {
+      std::vector<zmq::message_t> parts;
+      if (!zf::recv_multipart(router, parts) || parts.size() != 2) continue;
+      peer = parts[0].to_string();
+      auto d = zf::proto::decode(parts[1].data(), parts[1].size());
+      REQUIRE(std::holds_alternative<zf::proto::Message>(d));
+      got.push_back(std::get<zf::proto::Message>(std::move(d)));
+    }
+    return until();
+  };
+  auto send = [&](const zf::proto::Message& m) {
+    REQUIRE(zf::send_multipart(router, {peer, zf::proto::encode(m)}).ok());
+  };
+  auto count = [&](auto pred) { return std::count_if(got.begin(), got.end(), pred); };
+  auto started = [](uint32_t attempt) {
+    return [=](const zf::proto::Message& m) {
+      auto* s = std::get_if<zf::proto::Started>(&m);
+      return s && s->instance == 7 && s->attempt == attempt;
+    };
+  };
+  auto finished = [](uint32_t attempt) {
+    return [=](const zf::proto::Message& m) {
+      auto* f = std::get_if<zf::proto::Finished>(&m);
+      return f && f->instance == 7 && f->attempt == attempt;
+    };
+  };
+
+  REQUIRE(receive(10s, [&] { return count([](const auto& m) { return std::holds_alternative<zf::proto::Ready>(m); }) == 1; }));
+  send(zf::proto::Welcome{250, 40});  // a long liveness: this test sends no heartbeats
+  std::string pids = c.dir() + "/pids";
+  auto assign = [&](uint32_t attempt, const std::string& script) {
+    zf::proto::Assign a;
+    a.instance = 7;
+    a.attempt = attempt;
+    a.job = "long";
+    zf::proto::StepSpec s;
+    s.name = "main";
+    s.kind = "run";
+    s.argv = {"sh", "-c", script};
+    a.steps = {s};
+    return a;
+  };
+  send(assign(1, "echo $$ > " + pids + "-1; exec sleep 30"));
+  REQUIRE(receive(5s, [&] { return count(started(1)) == 1; }));
+  REQUIRE(c.wait_for([&] { return read_pids(pids + "-1").size() == 1; }, 5s));
+  pid_t first = read_pids(pids + "-1")[0];
+
+  // Attempt 2 while attempt 1 runs; a repeated attempt 1 changes nothing.
+  send(assign(2, "if kill -0 " + std::to_string(first) + " 2>/dev/null; then exit 9; fi; echo two"));
+  send(assign(1, "exit 0"));
+  REQUIRE(receive(10s, [&] { return count(finished(2)) == 1; }));
+  CHECK(process_gone(first));
+  CHECK(count(started(2)) == 1);
+  CHECK(count(started(1)) == 1);
+  CHECK(count(finished(1)) == 0);  // the given-up attempt's result is not reported
+  auto f = std::find_if(got.begin(), got.end(), finished(2));
+  const auto& fin = std::get<zf::proto::Finished>(*f);
+  CHECK(fin.status == "succeeded");  // exit 9 would mean attempt 1 was still alive
+  CHECK(fin.output.find("two") != std::string::npos);
+  CHECK(c.log_of("worker-w1").find("still runs here") != std::string::npos);
+  send(zf::proto::Disconnect{"test over"});
 }

@@ -55,7 +55,10 @@ void Worker::connect() {
   r.slots = opt_.slots;
   r.tags = opt_.tags;
   r.version = kVersion;
-  for (const auto& [id, ex] : running_) r.running.push_back({id, ex->assign().attempt});
+  for (const auto& [id, ex] : running_) {
+    auto sup = superseding_.find(id);
+    r.running.push_back({id, sup != superseding_.end() ? sup->second.attempt : ex->assign().attempt});
+  }
   for (const auto& [id, f] : unacked_) r.running.push_back({id, f.attempt});
   auto now = Clock::now();
   last_recv_ = now;  // the registration deadline counts from here
@@ -129,14 +132,32 @@ void Worker::send(const proto::Message& m) {
 
 void Worker::on_assign(proto::Assign a, Clock::time_point now) {
   uint64_t id = a.instance;
-  if (running_.count(id)) {
-    log::warn("ASSIGN for instance " + std::to_string(id) + " which already runs here; ignored");
+  if (auto it = running_.find(id); it != running_.end()) {
+    uint32_t running = it->second->assign().attempt;
+    auto sup = superseding_.find(id);
+    uint32_t newest = sup != superseding_.end() ? sup->second.attempt : running;
+    if (a.attempt <= newest) {
+      log::warn("ASSIGN for instance " + std::to_string(id) + " attempt " + std::to_string(a.attempt) +
+                " which already runs here as attempt " + std::to_string(newest) + "; ignored");
+      return;
+    }
+    log::warn("ASSIGN for instance " + std::to_string(id) + " attempt " + std::to_string(a.attempt) +
+              " while attempt " + std::to_string(running) +
+              " still runs here (the master has given that one up); stopping it, the new attempt starts when it "
+              "has ended");
+    it->second->stop(now);
+    superseding_[id] = std::move(a);
     return;
   }
   if (unacked_.count(id) && unacked_[id].attempt == a.attempt) {
     send(unacked_[id]);  // the master missed our result: repeat it
     return;
   }
+  start(std::move(a), now);
+}
+
+void Worker::start(proto::Assign a, Clock::time_point now) {
+  uint64_t id = a.instance;
   if (draining_)
     log::warn("ASSIGN for instance " + std::to_string(id) + " while draining (sent before the master knew); running it");
   if (running_.size() >= opt_.slots)
@@ -168,7 +189,20 @@ void Worker::handle_message(proto::Message& m, Clock::time_point now) {
     on_assign(std::move(*a), now);
   } else if (const auto* c = std::get_if<proto::Cancel>(&m)) {
     auto it = running_.find(c->instance);
-    if (it != running_.end() && it->second->assign().attempt == c->attempt) {
+    auto sup = superseding_.find(c->instance);
+    if (sup != superseding_.end() && sup->second.attempt == c->attempt) {
+      // Not started yet: it ends here, cancelled, without running.
+      log::info("cancelling instance " + std::to_string(c->instance) + " attempt " + std::to_string(c->attempt) +
+                " before it started");
+      proto::Finished f;
+      f.instance = c->instance;
+      f.attempt = c->attempt;
+      f.status = "cancelled";
+      f.error = "cancelled before it started";
+      superseding_.erase(sup);
+      unacked_[f.instance] = f;
+      send(f);
+    } else if (it != running_.end() && it->second->assign().attempt == c->attempt) {
       log::info("cancelling instance " + std::to_string(c->instance) + " attempt " + std::to_string(c->attempt));
       it->second->stop(now);
     }
@@ -199,11 +233,20 @@ void Worker::reap_finished() {
       continue;
     }
     proto::Finished f = it->second->result();
+    it = running_.erase(it);
+    if (auto sup = superseding_.find(f.instance); sup != superseding_.end()) {
+      // The master gave this attempt up; its result would only be stale.
+      log::info("instance " + std::to_string(f.instance) + " attempt " + std::to_string(f.attempt) + " ended (" +
+                f.status + "); starting attempt " + std::to_string(sup->second.attempt));
+      proto::Assign next = std::move(sup->second);
+      superseding_.erase(sup);
+      if (state_ != LinkState::Stopped) start(std::move(next), Clock::now());
+      continue;
+    }
     if (state_ != LinkState::Stopped) {
       unacked_[f.instance] = f;
       if (state_ == LinkState::Connected) send(f);
     }
-    it = running_.erase(it);
   }
 }
 

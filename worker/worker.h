@@ -61,6 +61,7 @@ class Worker {
   void send(const proto::Message& m);
   void handle_message(proto::Message& m, Clock::time_point now);
   void on_assign(proto::Assign a, Clock::time_point now);
+  void start(proto::Assign a, Clock::time_point now);
   void reap_finished();
   void check_liveness(Clock::time_point now);
   Clock::time_point next_wakeup(Clock::time_point now) const;
@@ -83,6 +84,11 @@ class Worker {
   Clock::time_point last_recv_{};
   Clock::time_point last_sent_{};
   std::map<uint64_t, std::unique_ptr<Execution>> running_;
+  // A newer attempt of an instance whose older attempt still runs here (the
+  // master declared the older one lost, e.g. when this worker re-registered
+  // while its ASSIGN was on the way). The older one is stopped; the newer one
+  // starts once it has ended, so two copies never run at once.
+  std::map<uint64_t, proto::Assign> superseding_;
   // Results not yet acknowledged by the master, resent after a reconnect.
   std::map<uint64_t, proto::Finished> unacked_;
   uint64_t malformed_ = 0;

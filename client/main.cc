@@ -398,21 +398,26 @@ int main(int argc, char** argv) {
       else for (const auto& id : ids) std::cout << id.get<uint64_t>() << "\n";
       return 0;
     }
+    // Without --json only counts are printed: ask for them, not for a
+    // summary of every instance (a bulk run has up to 100,000).
     json done;
     while (true) {
-      auto w = api.call("wait", {{"ids", ids}, {"timeout_ms", 20000}}, std::chrono::seconds(30));
+      json wait_args = {{"ids", ids}, {"timeout_ms", 20000}};
+      if (!as_json) wait_args["summary"] = true;
+      auto w = api.call("wait", wait_args, std::chrono::seconds(30));
       if (!w.ok()) return fail(w.error());
       if ((*w)["done"].get<bool>()) {
-        done = (*w)["instances"];
+        done = *w;
         break;
       }
     }
-    bool all_ok = true;
-    std::map<std::string, int> by_state;
-    for (const auto& i : done) {
-      all_ok = all_ok && i["state"] == "succeeded";
-      by_state[i["state"].get<std::string>()]++;
+    std::map<std::string, uint64_t> by_state;
+    if (as_json) {
+      for (const auto& i : done["instances"]) by_state[i["state"].get<std::string>()]++;
+    } else {
+      for (const auto& [st, n] : done["by_state"].items()) by_state[st] = n.get<uint64_t>();
     }
+    bool all_ok = by_state.size() == 1 && by_state.count("succeeded");
     if (ids.size() == 1) {
       auto s = call("instance.show", {{"id", ids[0]}});
       if (!s.ok()) return fail(s.error());
@@ -424,11 +429,16 @@ int main(int argc, char** argv) {
         std::cerr << "\n";
       }
     } else if (as_json) {
-      std::cout << dump({{"instances", done}}) << "\n";
+      std::cout << dump({{"instances", done["instances"]}}) << "\n";
     } else {
       std::string sum;
       for (const auto& [st, n] : by_state) sum += (sum.empty() ? "" : ", ") + std::to_string(n) + " " + st;
       std::cout << ids.size() << " instances: " << sum << "\n";
+      for (const auto& i : done["instances"]) {  // the first ones that did not succeed
+        std::cerr << "instance " << i["id"].get<uint64_t>() << " " << i["state"].get<std::string>();
+        if (i.contains("exit_code")) std::cerr << " (exit code " << i["exit_code"].get<int>() << ")";
+        std::cerr << "\n";
+      }
     }
     return all_ok ? 0 : 1;
   }

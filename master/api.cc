@@ -61,7 +61,7 @@ void Master::reply(const std::string& client, uint64_t req, bool ok, const std::
   r.error = error;
   r.result = std::move(result);
   // Sent after the turn is committed; a client that went away is no error of ours.
-  outbox_.push_back({api_.get(), client, proto::encode(r), ""});
+  outbox_.push_back({api_.get(), client, proto::encode(proto::Message{std::move(r)}), ""});
 }
 
 void Master::drain_api_socket() {
@@ -285,6 +285,28 @@ nlohmann::json Master::instance_summary(const Instance& inst) const {
   }
   if (!inst.history.empty()) j["created"] = static_cast<double>(inst.history.front().ts_us) / 1e6;
   return j;
+}
+
+nlohmann::json Master::wait_result(const Waiter& w) const {
+  nlohmann::json out = {{"done", true}, {"instances", nlohmann::json::array()}};
+  auto& list = out["instances"];
+  if (!w.summary) {
+    for (uint64_t id : w.ids) list.push_back(instance_summary(instances_.at(id)));
+    return out;
+  }
+  // Bulk waits (`run --count 100000 --wait`): counts, and the instances that
+  // did not succeed (the first kWaitSummaryListed of them), not 100,000 summaries.
+  constexpr size_t kWaitSummaryListed = 100;
+  std::map<std::string_view, uint64_t> by_state;
+  for (uint64_t id : w.ids) {
+    const Instance& inst = instances_.at(id);
+    ++by_state[state_name(inst.state)];
+    if (inst.state != InstanceState::Succeeded && list.size() < kWaitSummaryListed) list.push_back(instance_summary(inst));
+  }
+  auto& counts = out["by_state"] = nlohmann::json::object();
+  for (const auto& [st, n] : by_state) counts[std::string(st)] = n;
+  out["count"] = w.ids.size();
+  return out;
 }
 
 nlohmann::json Master::api_instances(const nlohmann::json& args) {
@@ -585,6 +607,11 @@ bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::j
   Waiter w;
   w.client = client;
   w.req = req;
+  if (args.contains("summary")) {
+    if (!args["summary"].is_boolean()) throw ApiError{"argument 'summary' must be true or false"};
+    w.summary = args["summary"].get<bool>();
+  }
+  w.ids.reserve(ids.size());
   for (const auto& v : ids) {
     if (!v.is_number_unsigned()) throw ApiError{"ids must be instance ids"};
     uint64_t id = v.get<uint64_t>();
@@ -595,9 +622,7 @@ bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::j
     if (!is_terminal(it->second.state)) ++w.remaining;
   }
   if (w.remaining == 0) {
-    out["done"] = true;
-    out["instances"] = nlohmann::json::array();
-    for (uint64_t id : w.ids) out["instances"].push_back(instance_summary(instances_[id]));
+    out = wait_result(w);
     return true;
   }
   w.deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);

@@ -692,11 +692,7 @@ void Master::notify_waiters(const Instance& inst) {
   }
   waiters_by_instance_.erase(b, e);
   for (auto w : done) {
-    nlohmann::json out;
-    out["done"] = true;
-    out["instances"] = nlohmann::json::array();
-    for (uint64_t id : w->ids) out["instances"].push_back(instance_summary(instances_[id]));
-    reply(w->client, w->req, true, "", std::move(out));
+    reply(w->client, w->req, true, "", wait_result(*w));
     for (uint64_t id : w->ids) {
       auto [bb, ee] = waiters_by_instance_.equal_range(id);
       for (auto it = bb; it != ee;) it = it->second == w ? waiters_by_instance_.erase(it) : std::next(it);

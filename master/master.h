@@ -124,6 +124,7 @@ struct Waiter {
   uint64_t req = 0;
   std::vector<uint64_t> ids;
   size_t remaining = 0;
+  bool summary = false;  // answer with counts by state, not one summary per instance
   Clock::time_point deadline;
 };
 
@@ -259,6 +260,8 @@ class Master {
   bool api_wait(const std::string& client, uint64_t req, const nlohmann::json& args, nlohmann::json& out);
   void reply(const std::string& client, uint64_t req, bool ok, const std::string& error, nlohmann::json result);
   nlohmann::json instance_summary(const Instance& inst) const;
+  // The answer to a `wait` whose instances have all ended.
+  nlohmann::json wait_result(const Waiter& w) const;
 
   MasterOptions opt_;
   zmq::context_t ctx_;

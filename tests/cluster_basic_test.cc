@@ -259,3 +259,28 @@ TEST_CASE("an idle cluster uses almost no CPU") {
   CHECK(m1 - m0 <= 3 * hz * 3 / 100);
   CHECK(w1 - w0 <= 3 * hz * 3 / 100);
 }
+
+TEST_CASE("run --count --wait prints counts by state and names the instances that did not succeed") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  c.start_worker("w1", 4);
+  REQUIRE(all_members_joined(c, 1));
+  // Instances with an even id fail with exit code 3.
+  auto job = c.write_file("half.toml",
+                          "name = \"half\"\n[[steps]]\nrun = [\"sh\", \"-c\", \"exit $(( (ZFORCE_INSTANCE + 1) % 2 * 3 ))\"]\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  auto r = c.zforce({"run", "half", "--count", "6", "--wait"}, 60s);
+  CHECK(r.exit_code == 1);
+  CHECK(r.out == "6 instances: 3 failed, 3 succeeded\n");
+  CHECK(r.err == "instance 2 failed (exit code 3)\ninstance 4 failed (exit code 3)\ninstance 6 failed (exit code 3)\n");
+
+  // --json still lists every instance.
+  auto j = c.zforce({"--json", "run", "half", "--count", "2", "--wait"}, 60s);
+  CHECK(j.exit_code == 1);
+  auto all = json::parse(j.out);
+  REQUIRE(all["instances"].size() == 2);
+  CHECK(all["instances"][0]["id"] == 7);
+  CHECK(all["instances"][0]["state"] == "succeeded");
+  CHECK(all["instances"][1]["state"] == "failed");
+}

@@ -10,7 +10,24 @@ namespace zf::proto {
 
 namespace {
 
-using Packer = msgpack::packer<msgpack::sbuffer>;
+// msgpack writes straight into the std::string that encode() returns: no
+// intermediate buffer, no copy.
+// msgpack writes a few bytes at a time; plain memcpy into spare capacity is
+// several times cheaper than std::string::append per write.
+struct StringBuffer {
+  std::string out;
+  size_t used = 0;
+  void write(const char* data, size_t size) {
+    if (used + size > out.size()) out.resize(std::max(out.size() * 2, used + size));
+    std::memcpy(out.data() + used, data, size);
+    used += size;
+  }
+  std::string take() {
+    out.resize(used);
+    return std::move(out);
+  }
+};
+using Packer = msgpack::packer<StringBuffer>;
 
 // Limits on what the decoder will build from untrusted bytes, far above any
 // legitimate message but small enough that a hostile frame cannot blow memory.
@@ -323,7 +340,7 @@ void get_step(BodyReader& r, StepSpec& s) {
   if (r.ok() && s.kind != "run" && s.kind != "builtin") r.fail("field 'kind' is not run or builtin");
 }
 
-void put(BodyWriter& w, const Assign& m) {
+void put(BodyWriter& w, const AssignView& m) {
   w.begin(6);
   w.field("instance", m.instance);
   w.field("attempt", m.attempt);
@@ -337,6 +354,7 @@ void put(BodyWriter& w, const Assign& m) {
   }
   w.field("timeout_ms", m.timeout_ms);
 }
+void put(BodyWriter& w, const Assign& m) { put(w, AssignView{m.instance, m.attempt, m.job, m.params, m.steps, m.timeout_ms}); }
 void get(BodyReader& r, Assign& m) {
   r.num("instance", m.instance);
   r.num("attempt", m.attempt);
@@ -513,39 +531,74 @@ std::string_view msg_type_name(MsgType t) {
   return "UNKNOWN";
 }
 
-MsgType type_of(const Message& m) {
-  return std::visit(
-      [](const auto& v) -> MsgType {
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, Ready>) return MsgType::Ready;
-        else if constexpr (std::is_same_v<T, Welcome>) return MsgType::Welcome;
-        else if constexpr (std::is_same_v<T, Heartbeat>) return MsgType::Heartbeat;
-        else if constexpr (std::is_same_v<T, Assign>) return MsgType::Assign;
-        else if constexpr (std::is_same_v<T, Started>) return MsgType::Started;
-        else if constexpr (std::is_same_v<T, Finished>) return MsgType::Finished;
-        else if constexpr (std::is_same_v<T, FinishedAck>) return MsgType::FinishedAck;
-        else if constexpr (std::is_same_v<T, Cancel>) return MsgType::Cancel;
-        else if constexpr (std::is_same_v<T, Disconnect>) return MsgType::Disconnect;
-        else if constexpr (std::is_same_v<T, Refused>) return MsgType::Refused;
-        else if constexpr (std::is_same_v<T, ApiRequest>) return MsgType::ApiRequest;
-        else if constexpr (std::is_same_v<T, ApiReply>) return MsgType::ApiReply;
-        else if constexpr (std::is_same_v<T, Drain>) return MsgType::Drain;
-        else return MsgType::Event;
-      },
-      m);
+template <class T>
+constexpr MsgType type_for() {
+  if constexpr (std::is_same_v<T, Ready>) return MsgType::Ready;
+  else if constexpr (std::is_same_v<T, Welcome>) return MsgType::Welcome;
+  else if constexpr (std::is_same_v<T, Heartbeat>) return MsgType::Heartbeat;
+  else if constexpr (std::is_same_v<T, Assign> || std::is_same_v<T, AssignView>) return MsgType::Assign;
+  else if constexpr (std::is_same_v<T, Started>) return MsgType::Started;
+  else if constexpr (std::is_same_v<T, Finished>) return MsgType::Finished;
+  else if constexpr (std::is_same_v<T, FinishedAck>) return MsgType::FinishedAck;
+  else if constexpr (std::is_same_v<T, Cancel>) return MsgType::Cancel;
+  else if constexpr (std::is_same_v<T, Disconnect>) return MsgType::Disconnect;
+  else if constexpr (std::is_same_v<T, Refused>) return MsgType::Refused;
+  else if constexpr (std::is_same_v<T, ApiRequest>) return MsgType::ApiRequest;
+  else if constexpr (std::is_same_v<T, ApiReply>) return MsgType::ApiReply;
+  else if constexpr (std::is_same_v<T, Drain>) return MsgType::Drain;
+  else {
+    static_assert(std::is_same_v<T, Event>, "every Message alternative has a type");
+    return MsgType::Event;
+  }
 }
 
-std::string encode(const Message& m) {
-  msgpack::sbuffer buf(256);
+MsgType type_of(const Message& m) {
+  return std::visit([](const auto& v) { return type_for<std::decay_t<decltype(v)>>(); }, m);
+}
+
+namespace {
+
+// The envelope, then the body that put() writes.
+template <class T>
+std::string encode_body(const T& m, size_t reserve = 64) {
+  StringBuffer buf;
+  buf.out.resize(reserve);
   Packer p(buf);
   p.pack_array(5);
   pack_str(p, kSignature);
   p.pack(kMajor);
   p.pack(kMinor);
-  p.pack(static_cast<uint32_t>(type_of(m)));
+  p.pack(static_cast<uint32_t>(type_for<T>()));
   BodyWriter w(p);
-  std::visit([&](const auto& v) { put(w, v); }, m);
-  return std::string(buf.data(), buf.size());
+  put(w, m);
+  return buf.take();
+}
+
+}  // namespace
+
+template <class T>
+std::string encode(const T& m) {
+  return encode_body(m);
+}
+template std::string encode(const Ready&);
+template std::string encode(const Welcome&);
+template std::string encode(const Heartbeat&);
+template std::string encode(const Assign&);
+template std::string encode(const Started&);
+template std::string encode(const Finished&);
+template std::string encode(const FinishedAck&);
+template std::string encode(const Cancel&);
+template std::string encode(const Disconnect&);
+template std::string encode(const Refused&);
+template std::string encode(const ApiRequest&);
+template std::string encode(const ApiReply&);
+template std::string encode(const Event&);
+template std::string encode(const Drain&);
+
+std::string encode_assign(const AssignView& a) { return encode_body(a, 256); }
+
+std::string encode(const Message& m) {
+  return std::visit([](const auto& v) { return encode_body(v); }, m);
 }
 
 Decoded decode(const void* data, size_t size) {

@@ -177,6 +177,22 @@ using Message = std::variant<Ready, Welcome, Heartbeat, Assign, Started, Finishe
 MsgType type_of(const Message& m);
 
 std::string encode(const Message& m);
+// One message without building a Message around it (which would copy it).
+template <class T>
+std::string encode(const T& m);
+
+// An ASSIGN's fields, by reference: the master encodes one per dispatch from
+// what the instance already holds, without copying its steps.
+struct AssignView {
+  uint64_t instance;
+  uint32_t attempt;
+  std::string_view job;
+  const std::map<std::string, std::string>& params;
+  const std::vector<StepSpec>& steps;
+  uint64_t timeout_ms;
+};
+// The same bytes as encode(Assign{...}) with these fields.
+std::string encode_assign(const AssignView& a);
 
 // Why a frame could not be decoded. VersionMismatch is well-formed enough to
 // answer with a Refused; everything else is dropped and counted.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <deque>
 #include <string>
 
 #include <zmq.hpp>
@@ -38,7 +39,7 @@ class EventPublisher {
  private:
   zmq::socket_t socket_;
   uint64_t seq_ = 0;
-  std::vector<std::pair<std::string, std::string>> held_;  // (type, encoded EVENT)
+  std::deque<std::pair<std::string, std::string>> held_;  // (type, encoded EVENT)
   uint64_t dropped_ = 0;
 };
 

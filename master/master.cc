@@ -138,8 +138,8 @@ void Master::stop_local_worker() {
 
 // Held in the outbox until the turn is committed (end_turn): a member must
 // never run an assignment, nor drop a result, that the store does not know.
-bool Master::send_to(Member& m, const proto::Message& msg) {
-  outbox_.push_back({m.socket, m.id, proto::encode(msg), m.name});
+bool Master::send_bytes_to(Member& m, std::string bytes) {
+  outbox_.push_back({m.socket, m.id, std::move(bytes), m.name});
   m.last_sent = Clock::now();
   return true;
 }
@@ -670,16 +670,9 @@ void Master::dispatch() {
     Instance& inst = instances_[d.instance];
     Member& m = members_[d.member];
     if (!is_present(m.state) || inst.member != d.member || inst.state != InstanceState::Assigned) continue;
-    proto::Assign a;
-    a.instance = inst.id;
-    a.attempt = inst.attempt;
-    a.job = inst.job;
-    a.params = inst.params;
-    a.steps = *inst.steps;
-    a.timeout_ms = inst.timeout_ms;
-    send_to(m, a);
-    outbox_.back().assign_instance = a.instance;
-    outbox_.back().assign_attempt = a.attempt;
+    send_bytes_to(m, proto::encode_assign({inst.id, inst.attempt, inst.job, inst.params, *inst.steps, inst.timeout_ms}));
+    outbox_.back().assign_instance = inst.id;
+    outbox_.back().assign_attempt = inst.attempt;
   }
 }
 

@@ -169,7 +169,11 @@ class Master {
   void on_ready(zmq::socket_t& s, bool local, const std::string& id, proto::Ready& r, Clock::time_point now);
   void member_event(Member& m, MemberEvent e);
   void release_member_instances(Member& m);
-  bool send_to(Member& m, const proto::Message& msg);
+  template <class T>
+  bool send_to(Member& m, const T& msg) {
+    return send_bytes_to(m, proto::encode(msg));
+  }
+  bool send_bytes_to(Member& m, std::string bytes);
 
   void refuse(zmq::socket_t& s, const std::string& id, const std::string& reason);
   // --- security (docs/security.md; the end of master.cc and master/security.*)

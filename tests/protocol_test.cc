@@ -289,3 +289,26 @@ TEST_CASE("regression: a frame cannot declare more elements than it has bytes") 
   REQUIRE(std::holds_alternative<Message>(r));
   CHECK(std::get<ApiReply>(std::get<Message>(r)).result.size() == 50000);
 }
+
+TEST_CASE("encoding one message type directly, or an ASSIGN from its parts, gives the same bytes as through Message") {
+  Assign a = sample_assign();
+  std::string via_message = encode(Message{a});
+  CHECK(encode(a) == via_message);
+  CHECK(encode_assign({a.instance, a.attempt, a.job, a.params, a.steps, a.timeout_ms}) == via_message);
+  Event e;
+  e.seq = 9;
+  e.ts_us = 1234567;
+  e.type = "instance.succeeded";
+  e.instance = 3;
+  e.job = "a-job-name-longer-than-the-small-string-buffer";
+  e.member = "w1";
+  e.exit_code = 0;
+  CHECK(encode(e) == encode(Message{e}));
+  // Bigger than the encoder's first buffer: it grows without losing bytes.
+  ApiReply big;
+  big.req = 1;
+  big.ok = true;
+  big.result = {{"text", std::string(100000, 'x')}};
+  auto rb = std::get<ApiReply>(std::get<Message>(decode(encode(big))));
+  CHECK(rb.result["text"].get<std::string>().size() == 100000);
+}

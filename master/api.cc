@@ -111,7 +111,7 @@ nlohmann::json Master::handle_api(const std::string& client, const proto::ApiReq
   if (op == "job.list") return api_job_list(a);
   if (op == "job.show") return api_job_show(a);
   if (op == "job.rm") return api_job_rm(a);
-  if (op == "run") return api_run(a);
+  if (op == "run") return api_run(client, req.req, a, deferred);
   if (op == "instances") return api_instances(a);
   if (op == "instance.show") return api_instance_show(a);
   if (op == "cancel") return api_cancel(a);
@@ -241,7 +241,7 @@ nlohmann::json Master::api_job_rm(const nlohmann::json& args) {
   return {{"removed", name}};
 }
 
-nlohmann::json Master::api_run(const nlohmann::json& args) {
+nlohmann::json Master::api_run(const std::string& client, uint64_t req, const nlohmann::json& args, bool& deferred) {
   std::string name = need_string(args, "job");
   if (shutdown_deadline_) throw ApiError{"the master is stopping; nothing new is accepted"};
   auto it = jobs_.find(name);
@@ -263,15 +263,42 @@ nlohmann::json Master::api_run(const nlohmann::json& args) {
   }
   auto resolved = resolve_instance(it->second, given);
   if (!resolved.ok()) throw ApiError{resolved.error().message};
-  if (auto full = queue_full(queue_of(it->second), count)) {
+  const std::string queue = queue_of(it->second);
+  if (auto full = queue_full(queue, pending_in_queue(queue) + count)) {
     ++counters_.refused_queue_full;
     throw ApiError{*full + "; nothing was submitted"};
   }
-  auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
-  auto steps_json = encode_steps(*steps);
-  nlohmann::json ids = nlohmann::json::array();
-  for (uint64_t i = 0; i < count; ++i) ids.push_back(create_instance(it->second, resolved->params, steps, steps_json));
-  return {{"instances", ids}};
+  PendingRun run;
+  run.client = client;
+  run.req = req;
+  run.job = std::make_shared<const Job>(it->second);
+  run.params = std::move(resolved->params);
+  run.steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
+  run.steps_json = encode_steps(*run.steps);
+  run.remaining = count;
+  pending_runs_.push_back(std::move(run));
+  // Answered by continue_runs(): at the end of this turn, or a later one.
+  deferred = true;
+  return nullptr;
+}
+
+void Master::continue_runs() {
+  uint64_t budget = kRunsPerTurn;
+  while (!pending_runs_.empty()) {
+    PendingRun& run = pending_runs_.front();
+    for (; run.remaining > 0 && budget > 0; --run.remaining, --budget)
+      run.ids.push_back(create_instance(*run.job, run.params, run.steps, run.steps_json));
+    if (run.remaining > 0) return;
+    reply(run.client, run.req, true, "", {{"instances", std::move(run.ids)}});
+    pending_runs_.pop_front();
+  }
+}
+
+uint64_t Master::pending_in_queue(const std::string& queue) const {
+  uint64_t n = 0;
+  for (const auto& run : pending_runs_)
+    if (queue_of(*run.job) == queue) n += run.remaining;
+  return n;
 }
 
 nlohmann::json Master::instance_summary(const Instance& inst) const {

@@ -724,6 +724,7 @@ void Master::on_timer(Clock::time_point now) {
 }
 
 Clock::time_point Master::next_wakeup(Clock::time_point now) const {
+  if (!pending_runs_.empty()) return now;  // the next slice of a big run
   Clock::time_point t = now + std::chrono::seconds(10);
   auto expiry = opt_.heartbeat * opt_.liveness;
   for (const auto& [id, m] : members_) {
@@ -1008,6 +1009,7 @@ int Master::run() {
     if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
     if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
     if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
+    continue_runs();
     if (items[4].revents & ZMQ_POLLIN) take_file_events();
     if (!shutdown_deadline_) fire_due_triggers();
     auto after = Clock::now();
@@ -1020,7 +1022,7 @@ int Master::run() {
     if (dispatch_needed_) dispatch();
     end_turn();
     if (fatal_) return 1;
-    if (shutdown_deadline_ && (in_flight_total() == 0 || after >= *shutdown_deadline_)) break;
+    if (shutdown_deadline_ && pending_runs_.empty() && (in_flight_total() == 0 || after >= *shutdown_deadline_)) break;
   }
   finish_commits();
   shut_down();

@@ -241,7 +241,11 @@ class Master {
   nlohmann::json api_job_list(const nlohmann::json& args);
   nlohmann::json api_job_show(const nlohmann::json& args);
   nlohmann::json api_job_rm(const nlohmann::json& args);
-  nlohmann::json api_run(const nlohmann::json& args);
+  nlohmann::json api_run(const std::string& client, uint64_t req, const nlohmann::json& args, bool& deferred);
+  // Creates up to kRunsPerTurn instances of the pending runs, answering each
+  // run whose last instance was created (after the turn commits).
+  void continue_runs();
+  uint64_t pending_in_queue(const std::string& queue) const;
   nlohmann::json api_instances(const nlohmann::json& args);
   nlohmann::json api_instance_show(const nlohmann::json& args);
   nlohmann::json api_cancel(const nlohmann::json& args);
@@ -335,6 +339,23 @@ class Master {
   TriggerScheduler triggers_;
   std::unique_ptr<FileWatcher> watcher_;
   std::set<std::string> disabled_jobs_;
+  // A `run` of more instances than one loop turn creates: a slice per turn,
+  // so heartbeats, results and other requests keep flowing during a
+  // 100,000-instance submission (one turn for all of it took over a second
+  // under load, and workers declared the master silent). Runs are taken in
+  // the order they came: while one is pending, later runs wait behind it.
+  struct PendingRun {
+    std::string client;
+    uint64_t req = 0;
+    std::shared_ptr<const Job> job;
+    std::map<std::string, std::string> params;
+    std::shared_ptr<const std::vector<proto::StepSpec>> steps;
+    std::shared_ptr<const std::string> steps_json;
+    uint64_t remaining = 0;
+    nlohmann::json ids = nlohmann::json::array();
+  };
+  static constexpr uint64_t kRunsPerTurn = 5000;
+  std::deque<PendingRun> pending_runs_;
   std::list<Waiter> waiters_;
   std::unordered_multimap<uint64_t, std::list<Waiter>::iterator> waiters_by_instance_;
   Counters counters_;

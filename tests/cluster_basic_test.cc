@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/protocol.h"
 #include "tests/cluster.h"
 
 using namespace zf::test;
@@ -283,4 +284,48 @@ TEST_CASE("run --count --wait prints counts by state and names the instances tha
   CHECK(all["instances"][0]["id"] == 7);
   CHECK(all["instances"][0]["state"] == "succeeded");
   CHECK(all["instances"][1]["state"] == "failed");
+}
+
+// A big run is created a slice per loop turn (docs/performance.md): requests
+// that come meanwhile are answered at once, and a later run waits behind it,
+// so ids follow the order the runs came in.
+TEST_CASE("a 100,000-instance run does not hold up other requests, and runs keep their order") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  zmq::context_t ctx(1);
+  zmq::socket_t big(ctx, zmq::socket_type::dealer), other(ctx, zmq::socket_type::dealer);
+  for (auto* s : {&big, &other}) {
+    s->set(zmq::sockopt::linger, 0);
+    s->set(zmq::sockopt::rcvtimeo, 60000);
+    s->connect(c.api());
+  }
+  auto reply_to = [](zmq::socket_t& s) {
+    zmq::message_t m;
+    REQUIRE(s.recv(m));
+    auto d = zf::proto::decode(m.data(), m.size());
+    REQUIRE(std::holds_alternative<zf::proto::Message>(d));
+    return std::get<zf::proto::ApiReply>(std::get<zf::proto::Message>(std::move(d)));
+  };
+  big.send(zmq::buffer(zf::proto::encode(zf::proto::ApiRequest{1, "run", {{"job", "n"}, {"count", 100000}}})));
+  // The first slice is committed and on the tap; created all in one turn,
+  // the tap would show nothing before all 100,000 were there.
+  REQUIRE(c.wait_for([&] { return c.count("instance.queued") >= 1; }, 60s));
+  other.send(zmq::buffer(zf::proto::encode(zf::proto::ApiRequest{2, "stats", json::object()})));
+  auto st = reply_to(other);
+  REQUIRE(st.ok);
+  CHECK(st.result["waiting"].get<uint64_t>() < 100000);  // answered while the run was still being created
+  other.send(zmq::buffer(zf::proto::encode(zf::proto::ApiRequest{3, "run", {{"job", "n"}}})));
+
+  auto r = reply_to(big);
+  REQUIRE(r.ok);
+  REQUIRE(r.result["instances"].size() == 100000);
+  CHECK(r.result["instances"][0] == 1);
+  CHECK(r.result["instances"][99999] == 100000);
+  auto small = reply_to(other);
+  REQUIRE(small.ok);
+  CHECK(small.result["instances"] == json::array({100001}));
+  CHECK(parse_ok(c.zforce({"--json", "stats"}))["waiting"] == 100001);
 }

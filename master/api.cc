@@ -271,10 +271,7 @@ nlohmann::json Master::api_run(const std::string& client, uint64_t req, const nl
   PendingRun run;
   run.client = client;
   run.req = req;
-  run.job = std::make_shared<const Job>(it->second);
-  run.params = std::move(resolved->params);
-  run.steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
-  run.steps_json = encode_steps(*run.steps);
+  run.spec = make_spec(it->second, std::move(resolved->params), std::move(resolved->steps));
   run.remaining = count;
   pending_runs_.push_back(std::move(run));
   // Answered by continue_runs(): at the end of this turn, or a later one.
@@ -287,7 +284,7 @@ void Master::continue_runs() {
   while (!pending_runs_.empty()) {
     PendingRun& run = pending_runs_.front();
     for (; run.remaining > 0 && budget > 0; --run.remaining, --budget)
-      run.ids.push_back(create_instance(*run.job, run.params, run.steps, run.steps_json));
+      run.ids.push_back(create_instance(run.spec));
     if (run.remaining > 0) return;
     reply(run.client, run.req, true, "", {{"instances", std::move(run.ids)}});
     pending_runs_.pop_front();
@@ -297,14 +294,14 @@ void Master::continue_runs() {
 uint64_t Master::pending_in_queue(const std::string& queue) const {
   uint64_t n = 0;
   for (const auto& run : pending_runs_)
-    if (queue_of(*run.job) == queue) n += run.remaining;
+    if (run.spec->queue == queue) n += run.remaining;
   return n;
 }
 
 nlohmann::json Master::instance_summary(const Instance& inst) const {
-  nlohmann::json j = {{"id", inst.id}, {"job", inst.job}, {"state", state_name(inst.state)},
+  nlohmann::json j = {{"id", inst.id}, {"job", inst.spec->job}, {"state", state_name(inst.state)},
                       {"attempt", inst.attempt}};
-  j["queue"] = inst.queue;
+  j["queue"] = inst.spec->queue;
   if (!inst.member.empty()) j["member"] = inst.member;
   if (is_terminal(inst.state) && inst.state != InstanceState::Lost) {
     j["exit_code"] = inst.exit_code;
@@ -366,7 +363,7 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
         out.push_back(instance_summary(mem->second));
         continue;
       }
-      auto inst = from_record(*r);
+      auto inst = from_record(*r, {}, nullptr);  // for its summary only
       if (inst.ok()) out.push_back(instance_summary(*inst));
     }
     return {{"instances", out}};
@@ -374,7 +371,7 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
   // Newest last; `limit` keeps the newest.
   std::vector<const Instance*> hits;
   for (auto it = instances_.rbegin(); it != instances_.rend() && (limit == 0 || hits.size() < limit); ++it) {
-    if (job && it->second.job != *job) continue;
+    if (job && it->second.spec->job != *job) continue;
     if (state && it->second.state != *state) continue;
     hits.push_back(&it->second);
   }
@@ -390,7 +387,7 @@ nlohmann::json Master::api_instance_show(const nlohmann::json& args) {
     auto rec = store_->load_instance(id);
     if (!rec.ok()) throw ApiError{rec.error().message};
     if (*rec) {
-      auto inst = from_record(**rec);
+      auto inst = from_record(**rec, {}, nullptr);
       if (!inst.ok()) throw ApiError{inst.error().message};
       from_store = std::move(inst.value());
     }
@@ -398,7 +395,7 @@ nlohmann::json Master::api_instance_show(const nlohmann::json& args) {
   if (it == instances_.end() && from_store.id == 0) throw ApiError{"no instance " + std::to_string(id)};
   const Instance& inst = it != instances_.end() ? it->second : from_store;
   nlohmann::json j = instance_summary(inst);
-  j["params"] = inst.params;
+  j["params"] = inst.spec->params;
   j["output"] = inst.output;
   j["error"] = inst.error;
   j["failed_step"] = inst.failed_step;

@@ -144,9 +144,19 @@ bool Master::send_bytes_to(Member& m, std::string bytes) {
   return true;
 }
 
-std::shared_ptr<const std::string> Master::encode_steps(const std::vector<proto::StepSpec>& steps) const {
-  if (!store_) return nullptr;
-  return std::make_shared<const std::string>(steps_to_json(steps));
+std::shared_ptr<const InstanceSpec> Master::make_spec(const Job& job, std::map<std::string, std::string> params,
+                                                     std::vector<proto::StepSpec> steps) const {
+  auto spec = std::make_shared<InstanceSpec>();
+  spec->job = job.name;
+  spec->queue = queue_of(job);
+  spec->priority = job.priority;
+  spec->params = std::move(params);
+  spec->steps = std::move(steps);
+  if (store_) spec->steps_json = steps_to_json(spec->steps);
+  spec->timeout_ms = job.timeout ? static_cast<uint64_t>(job.timeout->count()) : 0;
+  spec->retry = job.retry;
+  spec->required_tags = job.requires_tags;
+  return spec;
 }
 
 void Master::end_turn() {
@@ -356,7 +366,7 @@ void Master::lose(Instance& inst) {
 }
 
 bool Master::retry_or_finish(Instance& inst, InstanceState outcome) {
-  const RetryPolicy& p = inst.retry;
+  const RetryPolicy& p = inst.spec->retry;
   uint32_t attempts = p.attempts ? p.attempts : opt_.max_attempts;
   bool wanted = (outcome == InstanceState::Lost && p.on_lost) || (outcome == InstanceState::Failed && p.on_failed) ||
                 (outcome == InstanceState::TimedOut && p.on_timed_out);
@@ -380,7 +390,7 @@ bool Master::retry_or_finish(Instance& inst, InstanceState outcome) {
     retries_.emplace(*inst.retry_at, inst.id);
     return true;
   }
-  if (auto s = sched_.submit(inst.id, inst.queue, inst.priority, outcome == InstanceState::Lost, inst.required_tags); !s.ok())
+  if (auto s = sched_.submit(inst.id, inst.spec->queue, inst.spec->priority, outcome == InstanceState::Lost, inst.spec->required_tags); !s.ok())
     log::error("instance " + std::to_string(inst.id) + " cannot be re-queued: " + s.error().message);
   dispatch_needed_ = true;
   return true;
@@ -394,7 +404,7 @@ void Master::release_due_retries(Clock::time_point now) {
     if (it == instances_.end() || it->second.state != InstanceState::Queued || !it->second.retry_at) continue;
     it->second.retry_at.reset();
     mark_dirty(it->second);
-    if (auto s = sched_.submit(id, it->second.queue, it->second.priority, false, it->second.required_tags); !s.ok())
+    if (auto s = sched_.submit(id, it->second.spec->queue, it->second.spec->priority, false, it->second.spec->required_tags); !s.ok())
       log::error("instance " + std::to_string(id) + " cannot be re-queued: " + s.error().message);
     dispatch_needed_ = true;
   }
@@ -456,7 +466,7 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
       continue;
     }
     if (unconfirmed_.erase(ri.instance)) {
-      auto d = sched_.adopt(ri.instance, iit->second.queue, m.name);
+      auto d = sched_.adopt(ri.instance, iit->second.spec->queue, m.name);
       if (!d.ok()) {
         log::error("instance " + std::to_string(ri.instance) + " cannot be taken back: " + d.error().message);
         continue;
@@ -543,31 +553,21 @@ void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
 
 // ---- instances ---------------------------------------------------------------
 
-uint64_t Master::create_instance(const Job& job, std::map<std::string, std::string> params,
-                                 std::shared_ptr<const std::vector<proto::StepSpec>> steps,
-                                 std::shared_ptr<const std::string> steps_json) {
+uint64_t Master::create_instance(const std::shared_ptr<const InstanceSpec>& spec) {
   uint64_t id = next_instance_id_++;
   Instance& inst = instances_[id];
   inst.id = id;
-  inst.job = job.name;
-  inst.queue = queue_of(job);
-  inst.priority = job.priority;
-  inst.retry = job.retry;
-  inst.required_tags = job.requires_tags;
-  inst.params = std::move(params);
-  inst.steps = std::move(steps);
-  inst.steps_json = std::move(steps_json);
-  inst.timeout_ms = job.timeout ? static_cast<uint64_t>(job.timeout->count()) : 0;
+  inst.spec = spec;
   mark_dirty(inst);
   inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, "", std::nullopt});
   proto::Event ev;
   ev.type = "instance.queued";
   ev.instance = id;
-  ev.job = inst.job;
-  ev.queue = inst.queue;
+  ev.job = inst.spec->job;
+  ev.queue = inst.spec->queue;
   ev.attempt = 1;
   events_->publish(std::move(ev));
-  if (auto s = sched_.submit(id, inst.queue, inst.priority, false, inst.required_tags); !s.ok())
+  if (auto s = sched_.submit(id, inst.spec->queue, inst.spec->priority, false, inst.spec->required_tags); !s.ok())
     log::error("instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
   dispatch_needed_ = true;
   return id;
@@ -586,8 +586,8 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
   proto::Event ev;
   ev.type = "instance." + std::string(state_name(inst.state));
   ev.instance = inst.id;
-  ev.job = inst.job;
-  ev.queue = inst.queue;
+  ev.job = inst.spec->job;
+  ev.queue = inst.spec->queue;
   ev.attempt = inst.attempt;
   if (!inst.member.empty() && inst.state != InstanceState::Queued) ev.member = inst.member;
   if (inst.slot >= 0 && (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running))
@@ -670,7 +670,7 @@ void Master::dispatch() {
     Instance& inst = instances_[d.instance];
     Member& m = members_[d.member];
     if (!is_present(m.state) || inst.member != d.member || inst.state != InstanceState::Assigned) continue;
-    send_bytes_to(m, proto::encode_assign({inst.id, inst.attempt, inst.job, inst.params, *inst.steps, inst.timeout_ms}));
+    send_bytes_to(m, proto::encode_assign({inst.id, inst.attempt, inst.spec->job, inst.spec->params, inst.spec->steps, inst.spec->timeout_ms}));
     outbox_.back().assign_instance = inst.id;
     outbox_.back().assign_attempt = inst.attempt;
   }
@@ -792,18 +792,21 @@ Status Master::restore() {
     }
   }
   size_t queued = 0;
+  std::shared_ptr<const InstanceSpec> previous;
+  static const std::vector<std::string> kNoTags;
   for (const auto& rec : c.instances) {
-    auto inst = from_record(rec);
+    // Requirements are not stored per instance: they come from the job as it is now.
+    auto j = jobs_.find(rec.job);
+    auto inst = from_record(rec, j != jobs_.end() ? j->second.requires_tags : kNoTags, previous);
     if (!inst.ok()) return make_error("stored instance " + std::to_string(rec.id) + ": " + inst.error().message);
     uint64_t id = rec.id;
     instances_[id] = std::move(inst.value());
     Instance& i = instances_[id];
-    // Requirements are not stored per instance: they come from the job as it is now.
-    if (auto j = jobs_.find(i.job); j != jobs_.end()) i.required_tags = j->second.requires_tags;
+    previous = i.spec;
     if (i.state == InstanceState::Queued) {
       ++queued;
       if (i.retry_at) retries_.emplace(*i.retry_at, id);
-      else if (auto s = sched_.submit(id, i.queue, i.priority, false, i.required_tags); !s.ok())
+      else if (auto s = sched_.submit(id, i.spec->queue, i.spec->priority, false, i.spec->required_tags); !s.ok())
         log::error("stored instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
     } else {
       unconfirmed_[id] = i.member;
@@ -921,9 +924,7 @@ void Master::fire(const std::string& job, size_t trigger, const std::map<std::st
       log::warn("job '" + job + "' trigger " + std::to_string(trigger) + " skipped: " + *full);
     return;
   }
-  auto steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(resolved->steps));
-  auto steps_json = encode_steps(*steps);
-  uint64_t id = create_instance(it->second, std::move(resolved->params), std::move(steps), std::move(steps_json));
+  uint64_t id = create_instance(make_spec(it->second, std::move(resolved->params), std::move(resolved->steps)));
   ++counters_.trigger_fired;
   proto::Event ev;
   ev.type = "trigger.fired";

@@ -91,31 +91,38 @@ struct Transition {
   std::optional<int32_t> exit_code;
 };
 
-struct Instance {
-  uint64_t id = 0;
+// What all instances of one submission share (one `run --count N`, one
+// trigger firing): the job as resolved at submission, held once rather than
+// once per instance (a million queued instances of one run share one).
+struct InstanceSpec {
   std::string job;
   std::string queue;
   int priority = 0;
+  std::map<std::string, std::string> params;
+  std::vector<proto::StepSpec> steps;
+  std::string steps_json;  // the steps, encoded once for the store (empty without one)
+  uint64_t timeout_ms = 0;
+  RetryPolicy retry;
+  std::vector<std::string> required_tags;  // the job's `requires`: only members with every tag
+};
+
+struct Instance {
+  uint64_t id = 0;
+  std::shared_ptr<const InstanceSpec> spec;
   uint32_t attempt = 1;
   InstanceState state = InstanceState::Queued;
-  std::map<std::string, std::string> params;
-  std::shared_ptr<const std::vector<proto::StepSpec>> steps;
-  std::shared_ptr<const std::string> steps_json;  // the same, encoded once for the store
-  uint64_t timeout_ms = 0;
-  std::string member;
+  bool cancel_requested = false;
+  bool dirty = false;  // in Master::dirty_ (changed this turn)
   int slot = -1;
   int32_t exit_code = 0;
   int32_t failed_step = -1;
   uint64_t duration_ms = 0;
+  std::string member;
   std::string error;
   std::string output;
-  bool cancel_requested = false;
-  RetryPolicy retry;
-  std::vector<std::string> required_tags;  // the job's `requires`: only members with every tag
   std::optional<Clock::time_point> retry_at;  // queued, waiting out its backoff
   std::vector<Transition> history;
   size_t persisted_transitions = 0;  // history entries already in the store
-  bool dirty = false;                // in Master::dirty_ (changed this turn)
 };
 
 // A client waiting (api op `wait`) for instances to end.
@@ -186,10 +193,10 @@ class Master {
   void drop_removed_member(Member& m, const std::string& reason);
 
   // --- instances
-  uint64_t create_instance(const Job& job, std::map<std::string, std::string> params,
-                           std::shared_ptr<const std::vector<proto::StepSpec>> steps,
-                           std::shared_ptr<const std::string> steps_json);
-  std::shared_ptr<const std::string> encode_steps(const std::vector<proto::StepSpec>& steps) const;
+  // The spec of a new submission of `job` with these resolved params and steps.
+  std::shared_ptr<const InstanceSpec> make_spec(const Job& job, std::map<std::string, std::string> params,
+                                                std::vector<proto::StepSpec> steps) const;
+  uint64_t create_instance(const std::shared_ptr<const InstanceSpec>& spec);
   void transition(Instance& inst, InstanceEvent e, std::optional<int32_t> exit_code = std::nullopt);
   void on_started(Member& m, const proto::Started& s);
   void on_finished(Member& m, const proto::Finished& f);
@@ -347,10 +354,7 @@ class Master {
   struct PendingRun {
     std::string client;
     uint64_t req = 0;
-    std::shared_ptr<const Job> job;
-    std::map<std::string, std::string> params;
-    std::shared_ptr<const std::vector<proto::StepSpec>> steps;
-    std::shared_ptr<const std::string> steps_json;
+    std::shared_ptr<const InstanceSpec> spec;
     uint64_t remaining = 0;
     nlohmann::json ids = nlohmann::json::array();
   };

@@ -101,34 +101,51 @@ InstanceRecord to_update_record(const Instance& inst) {
 
 InstanceRecord to_record(const Instance& inst) {
   InstanceRecord r = to_update_record(inst);
-  r.job = inst.job;
-  r.queue = inst.queue;
-  r.priority = inst.priority;
-  r.params = inst.params;
-  r.steps_json = inst.steps_json ? *inst.steps_json : steps_to_json(*inst.steps);
-  r.retry_json = retry_to_json(inst.retry);
-  r.timeout_ms = inst.timeout_ms;
+  const InstanceSpec& spec = *inst.spec;
+  r.job = spec.job;
+  r.queue = spec.queue;
+  r.priority = spec.priority;
+  r.params = spec.params;
+  r.steps_json = !spec.steps_json.empty() ? spec.steps_json : steps_to_json(spec.steps);
+  r.retry_json = retry_to_json(spec.retry);
+  r.timeout_ms = spec.timeout_ms;
   r.created_us = inst.history.empty() ? 0 : inst.history.front().ts_us;
   return r;
 }
 
-Result<Instance> from_record(const InstanceRecord& r) {
+namespace {
+bool spec_matches(const InstanceSpec& spec, const InstanceRecord& r, const std::vector<std::string>& required_tags) {
+  return spec.job == r.job && spec.queue == r.queue && spec.priority == r.priority && spec.timeout_ms == r.timeout_ms &&
+         spec.params == r.params && spec.steps_json == r.steps_json && spec.required_tags == required_tags &&
+         retry_to_json(spec.retry) == r.retry_json;
+}
+}  // namespace
+
+Result<Instance> from_record(const InstanceRecord& r, const std::vector<std::string>& required_tags,
+                             const std::shared_ptr<const InstanceSpec>& previous) {
   Instance inst;
   inst.id = r.id;
-  inst.job = r.job;
-  inst.queue = r.queue;
-  inst.priority = r.priority;
   inst.attempt = r.attempt;
   inst.state = r.state;
-  inst.params = r.params;
-  auto steps = steps_from_json(r.steps_json);
-  if (!steps.ok()) return steps.error();
-  inst.steps = std::make_shared<const std::vector<proto::StepSpec>>(std::move(*steps));
-  inst.steps_json = std::make_shared<const std::string>(r.steps_json);
-  auto retry = retry_from_json(r.retry_json);
-  if (!retry.ok()) return retry.error();
-  inst.retry = *retry;
-  inst.timeout_ms = r.timeout_ms;
+  if (previous && spec_matches(*previous, r, required_tags)) {
+    inst.spec = previous;
+  } else {
+    auto spec = std::make_shared<InstanceSpec>();
+    spec->job = r.job;
+    spec->queue = r.queue;
+    spec->priority = r.priority;
+    spec->params = r.params;
+    auto steps = steps_from_json(r.steps_json);
+    if (!steps.ok()) return steps.error();
+    spec->steps = std::move(*steps);
+    spec->steps_json = r.steps_json;
+    auto retry = retry_from_json(r.retry_json);
+    if (!retry.ok()) return retry.error();
+    spec->retry = *retry;
+    spec->timeout_ms = r.timeout_ms;
+    spec->required_tags = required_tags;
+    inst.spec = std::move(spec);
+  }
   inst.member = r.member;
   inst.slot = r.slot;
   inst.exit_code = r.exit_code;

@@ -15,6 +15,7 @@
 namespace zf {
 
 struct Instance;
+struct InstanceSpec;
 
 std::string steps_to_json(const std::vector<proto::StepSpec>& steps);
 Result<std::vector<proto::StepSpec>> steps_from_json(const std::string& text);
@@ -27,6 +28,10 @@ InstanceRecord to_record(const Instance& inst);
 // Only what Store::update_instance() writes: the columns that change after
 // creation (no params, steps or retry policy to copy and encode).
 InstanceRecord to_update_record(const Instance& inst);
-Result<Instance> from_record(const InstanceRecord& rec);
+// `required_tags` come from the job as it is now (they are not stored per
+// instance). Consecutive records of one submission share one spec: pass the
+// previous instance's as `previous`, and it is reused when it matches.
+Result<Instance> from_record(const InstanceRecord& rec, const std::vector<std::string>& required_tags,
+                             const std::shared_ptr<const InstanceSpec>& previous);
 
 }  // namespace zf

@@ -9,7 +9,14 @@
 #   scripts/bench.sh --quick    under 2 minutes (20,000 noop instances per run, 200,000 queued)
 #
 # Environment: ZFORCE_BUILD (build folder, default build), BENCH_SLOTS (slots
-# per worker, default 2), BENCH_RUNS (runs per figure, default 3).
+# per worker for processes, default 2: the cores), BENCH_NOOP_SLOTS (slots per
+# worker for noop, default 64), BENCH_RUNS (runs per figure, default 3).
+#
+# Two pairs of workers: noop instances run on w1, w2 (BENCH_NOOP_SLOTS each;
+# a builtin noop takes no CPU, so its slots are only the pipeline depth, and
+# with 2 x 2 the figure measured round trips, not throughput), processes on
+# p1, p2 (BENCH_SLOTS each, as many as the cores, the same parallelism as the
+# bare spawn loop). Jobs pick their pair with `requires`.
 # Stops everything it started, by pid, and removes its temp folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +32,7 @@ done
 
 B=${ZFORCE_BUILD:-build}
 SLOTS=${BENCH_SLOTS:-2}
+NOOP_SLOTS=${BENCH_NOOP_SLOTS:-64}
 RUNS=${BENCH_RUNS:-3}
 # BIG_Q: instances waiting for the backlog figures (compared with 1,000
 # waiting); WINDOW: ends timed with that backlog; SIM_N: noop instances per
@@ -81,7 +89,7 @@ cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "
 
 note "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), kernel $(uname -r)"
 note "build: $B, buildtype $buildtype"
-note "mode: $([ "$quick" = 1 ] && echo quick || echo full); 2 workers x $SLOTS slots; median of $RUNS runs"
+note "mode: $([ "$quick" = 1 ] && echo quick || echo full); noop on 2 workers x $NOOP_SLOTS slots, processes on 2 workers x $SLOTS slots; median of $RUNS runs"
 note "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running on the machine skews every figure)"
 
 # --- the cluster -------------------------------------------------------------
@@ -95,14 +103,18 @@ ep() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" "$tmp/master/endpoints.json"; }
 API=$(ep api) EVENTS=$(ep events) WORKERS=$(ep workers)
 zf() { "$B/client/zforce" --api "$API" --events "$EVENTS" "$@"; }
 for w in w1 w2; do
-  "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots "$SLOTS" 2>"$tmp/worker-$w.log" &
+  "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots "$NOOP_SLOTS" --tag noop 2>"$tmp/worker-$w.log" &
+  pids+=($!)
+done
+for w in p1 p2; do
+  "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots "$SLOTS" --tag spawn 2>"$tmp/worker-$w.log" &
   pids+=($!)
 done
 for _ in $(seq 200); do
-  [ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 2 ] && break
+  [ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 4 ] && break
   sleep 0.05
 done
-[ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 2 ] ||
+[ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 4 ] ||
   { echo "the workers did not join:" >&2; zf workers >&2; exit 1; }
 
 cat >"$tmp/bench-noop.toml" <<'EOF'
@@ -110,12 +122,19 @@ name = "bench-noop"
 [[steps]]
 builtin = "noop"
 EOF
+cat >"$tmp/bench-noop-tagged.toml" <<'EOF'
+name = "bench-noop"
+requires = ["noop"]
+[[steps]]
+builtin = "noop"
+EOF
 cat >"$tmp/bench-true.toml" <<'EOF'
 name = "bench-true"
+requires = ["spawn"]
 [[steps]]
 run = ["true"]
 EOF
-zf job put "$tmp/bench-noop.toml" "$tmp/bench-true.toml" >/dev/null
+zf job put "$tmp/bench-noop-tagged.toml" "$tmp/bench-true.toml" >/dev/null
 
 # run_rate JOB N: instances/s of `zforce run JOB --count N --wait` (submission to all done).
 run_rate() {
@@ -227,7 +246,7 @@ backlog_run() {
   pids+=("$probe")
   for _ in $(seq 200); do [ -e "$dir.ready" ] && break; sleep 0.05; done
   for w in b1 b2; do
-    "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots "$SLOTS" 2>"$dir-$w.log" &
+    "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots "$NOOP_SLOTS" 2>"$dir-$w.log" &
     wp+=($!)
     pids+=($!)
   done
@@ -241,7 +260,7 @@ backlog_run() {
 }
 
 BQ=$(label "$BIG_Q")
-note "backlog: per run, a fresh master with $BIG_Q noop instances waiting, then with 1000; 2 workers x $SLOTS slots join;" \
+note "backlog: per run, a fresh master with $BIG_Q noop instances waiting, then with 1000; 2 workers x $NOOP_SLOTS slots join;" \
   "rate over $WINDOW ends, $REFILL resubmitted after every $REFILL ends"
 rss_big=() bytes=() extra=() disp_big=() disp_1k=() disp_ratio=()
 for r in $(seq "$RUNS"); do

@@ -341,6 +341,7 @@ class Master {
   std::map<uint64_t, std::string> unconfirmed_;
   std::optional<Clock::time_point> reconcile_deadline_;
   Clock::time_point next_prune_{};
+  Clock::time_point member_deadline_{};  // on_timer sweeps the members from then
   uint64_t stored_next_id_ = 0, stored_event_seq_ = 0;  // last values written to the store
   std::map<std::string, std::pair<std::string, std::string>> queue_sources_;  // name -> (source, text)
   TriggerScheduler triggers_;

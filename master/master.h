@@ -294,12 +294,6 @@ class Master {
   std::vector<Outgoing> outbox_;
   // Sends; members found unreachable are dropped (writes of the current turn).
   void send_outgoing(std::vector<Outgoing>& out);
-  // One instance's writes of a turn, as the store writer applies them.
-  struct InstanceWrite {
-    enum Kind { kInsert, kUpdate, kProgress } kind = kInsert;
-    InstanceRecord rec;  // kProgress: id, state, attempt, member, slot, updated_us only
-    std::vector<TransitionRecord> added;
-  };
   // Turns submitted to the writer and not yet reported committed, oldest
   // first, with what each holds back: its messages and its number of events.
   struct InCommit {

@@ -95,6 +95,31 @@ struct InstanceRecord {
   std::vector<TransitionRecord> history;
 };
 
+// One instance's writes of a turn, as the master hands them to the store
+// writer: which columns of its row change, and its new history entries. The
+// three kinds write more and more columns; a later kind includes what an
+// earlier one writes.
+struct InstanceChange {
+  enum class Kind : uint8_t {
+    // state, attempt, member, slot and updated_us (an instance assigned or
+    // started); the row must exist. As update_progress().
+    Progress,
+    // Every column that can change after creation; the row must exist. As
+    // update_instance().
+    Update,
+    // Every column, inserted or replaced. As upsert_instance().
+    Insert,
+  };
+  Kind kind = Kind::Insert;
+  InstanceRecord rec;                   // the columns `kind` writes; history is ignored
+  std::vector<TransitionRecord> added;  // new history entries, in order
+};
+
+// Folds a later change of the same instance into an earlier one, so that one
+// write gives the row what the two in order would (the later columns win,
+// the kind is the wider one) and the history entries of both, in order.
+void merge_into(InstanceChange& earlier, InstanceChange&& later);
+
 // Queued, assigned and running instances are live: load() returns them and
 // prune_history() never removes them. Every other state is final.
 bool is_live(InstanceState s);
@@ -181,6 +206,10 @@ class Store {
   Status update_progress(uint64_t id, InstanceState state, uint32_t attempt, const std::string& member, int slot,
                          int64_t updated_us);
   Status add_transition(uint64_t instance_id, const TransitionRecord& transition);  // by (id, seq)
+  // Writes the changes in order, as the single calls above would, with fewer
+  // statements: consecutive inserts and all the history entries go several
+  // rows per statement (the history entries after the rows).
+  Status write_instances(const std::vector<InstanceChange>& changes);
   Status set_meta(std::string_view key, std::string_view value);
   Status set_next_instance_id(uint64_t next);
   // Call before publishing the event: a number stored is never handed out again.

@@ -32,11 +32,11 @@ StoreWriter::~StoreWriter() {
   if (event_fd_ >= 0) ::close(event_fd_);
 }
 
-uint64_t StoreWriter::submit(std::vector<Op> ops) {
+uint64_t StoreWriter::submit(Batch batch) {
   uint64_t n = next_batch_++;
   {
     std::lock_guard lock(mu_);
-    queued_.push_back({n, std::move(ops)});
+    queued_.push_back({n, std::move(batch)});
   }
   cv_.notify_one();
   return n;
@@ -60,8 +60,41 @@ uint64_t StoreWriter::commits() const {
   return commits_;
 }
 
+Status StoreWriter::write_group(std::vector<Queued>& group) {
+  std::optional<uint64_t> next_id, event_seq;
+  auto flush = [&]() -> Status {
+    if (merged_.empty()) return {};
+    Status s = store_->write_instances(merged_);
+    merged_.clear();
+    merged_at_.clear();
+    return s;
+  };
+  for (auto& q : group) {
+    Batch& b = q.batch;
+    if (!b.ops.empty()) {
+      // An op may touch instance rows (pruning): what came before goes first.
+      if (auto s = flush(); !s.ok()) return s;
+      for (auto& op : b.ops)
+        if (auto s = op(*store_); !s.ok()) return s;
+    }
+    for (auto& c : b.instances) {
+      auto [at, fresh] = merged_at_.try_emplace(c.rec.id, merged_.size());
+      if (fresh) merged_.push_back(std::move(c));
+      else merge_into(merged_[at->second], std::move(c));
+    }
+    if (b.next_instance_id) next_id = b.next_instance_id;
+    if (b.last_event_seq) event_seq = b.last_event_seq;
+  }
+  if (auto s = flush(); !s.ok()) return s;
+  if (next_id)
+    if (auto s = store_->set_next_instance_id(*next_id); !s.ok()) return s;
+  if (event_seq)
+    if (auto s = store_->set_last_event_seq(*event_seq); !s.ok()) return s;
+  return {};
+}
+
 void StoreWriter::run() {
-  std::vector<Batch> group;
+  std::vector<Queued> group;
   while (true) {
     {
       std::unique_lock lock(mu_);
@@ -80,11 +113,9 @@ void StoreWriter::run() {
       status = make_error("an earlier commit to the store failed");
     } else {
       store_->begin_turn();
-      for (auto& b : group)
-        for (auto& op : b.ops) {
-          if (!status.ok()) break;
-          status = op(*store_);
-        }
+      status = write_group(group);
+      merged_.clear();  // after a failure: what was left unwritten
+      merged_at_.clear();
       if (status.ok()) {
         status = store_->commit_turn();
       } else {

@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,7 +39,7 @@ namespace zf {
 // another id is someone else's and is never opened for writing.
 inline constexpr int32_t kStoreApplicationId = 0x5A465243;
 // The schema this build creates and migrates older databases up to.
-inline constexpr int kStoreSchemaVersion = 2;
+inline constexpr int kStoreSchemaVersion = 3;
 // The database's file name inside the data folder.
 inline constexpr std::string_view kStoreFileName = "zforce.db";
 
@@ -209,6 +210,7 @@ class Store {
   // Writes the changes in order, as the single calls above would, with fewer
   // statements: consecutive inserts and all the history entries go several
   // rows per statement (the history entries after the rows).
+  Status write_instances(std::span<const InstanceChange* const> changes);
   Status write_instances(const std::vector<InstanceChange>& changes);
   Status set_meta(std::string_view key, std::string_view value);
   Status set_next_instance_id(uint64_t next);

@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -62,11 +63,22 @@ uint64_t StoreWriter::commits() const {
 
 Status StoreWriter::write_group(std::vector<Queued>& group) {
   std::optional<uint64_t> next_id, event_seq;
+  // Writes what is pending: in id order (the order between instances does
+  // not matter, and neighbours share pages), the changes of one instance
+  // folded into its first, in submission order (a stable sort).
   auto flush = [&]() -> Status {
-    if (merged_.empty()) return {};
-    Status s = store_->write_instances(merged_);
-    merged_.clear();
-    merged_at_.clear();
+    if (pending_.empty()) return {};
+    auto by_id = [](const InstanceChange* a, const InstanceChange* b) { return a->rec.id < b->rec.id; };
+    if (!std::is_sorted(pending_.begin(), pending_.end(), by_id))
+      std::stable_sort(pending_.begin(), pending_.end(), by_id);
+    size_t kept = 0;
+    for (InstanceChange* c : pending_) {
+      if (kept > 0 && pending_[kept - 1]->rec.id == c->rec.id) merge_into(*pending_[kept - 1], std::move(*c));
+      else pending_[kept++] = c;
+    }
+    pending_.resize(kept);
+    Status s = store_->write_instances(pending_);
+    pending_.clear();
     return s;
   };
   for (auto& q : group) {
@@ -77,11 +89,7 @@ Status StoreWriter::write_group(std::vector<Queued>& group) {
       for (auto& op : b.ops)
         if (auto s = op(*store_); !s.ok()) return s;
     }
-    for (auto& c : b.instances) {
-      auto [at, fresh] = merged_at_.try_emplace(c.rec.id, merged_.size());
-      if (fresh) merged_.push_back(std::move(c));
-      else merge_into(merged_[at->second], std::move(c));
-    }
+    for (auto& c : b.instances) pending_.push_back(&c);
     if (b.next_instance_id) next_id = b.next_instance_id;
     if (b.last_event_seq) event_seq = b.last_event_seq;
   }
@@ -114,8 +122,7 @@ void StoreWriter::run() {
     } else {
       store_->begin_turn();
       status = write_group(group);
-      merged_.clear();  // after a failure: what was left unwritten
-      merged_at_.clear();
+      pending_.clear();  // after a failure: what was left unwritten
       if (status.ok()) {
         status = store_->commit_turn();
       } else {

@@ -36,7 +36,6 @@
 #include <mutex>
 #include <optional>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "common/result.h"
@@ -89,10 +88,9 @@ class StoreWriter {
   Status write_group(std::vector<Queued>& group);
 
   std::unique_ptr<Store> store_;
-  // Writer thread only: the group's instance changes merged so far, and
-  // where each instance's is (reused from group to group).
-  std::vector<InstanceChange> merged_;
-  std::unordered_map<uint64_t, size_t> merged_at_;
+  // Writer thread only: the instance changes of the group not written yet,
+  // in the batches that hold them (reused from group to group).
+  std::vector<InstanceChange*> pending_;
   int event_fd_ = -1;
   uint64_t next_batch_ = 1;  // loop thread only
 

@@ -3,9 +3,11 @@
 // DIR/zforce.db. The schema, the commit rule and what survives a crash are in
 // docs/durability.md.
 //
-// Single-threaded: a Store is owned by the master's event loop and called only
-// from it. It is movable by unique_ptr only; nothing here is shared with
-// another thread, and no other file of zforce includes sqlite3.h.
+// Single-threaded: a Store (one connection) is called by one thread only; the
+// master has two, the loop's for reading and the store writer's
+// (master/store_writer.h) for writing. It is movable by unique_ptr only;
+// nothing here is shared between threads, and no other file of zforce
+// includes sqlite3.h.
 //
 // The commit rule (group commit). The loop calls begin_turn() when it wakes
 // up, makes its writes, then commit_turn(). Every write between the two is one

@@ -910,6 +910,30 @@ Store::~Store() {
 }
 
 const std::string& Store::path() const { return impl_->path; }
+StoreOptions::Sync Store::sync() const { return impl_->opt.sync; }
+
+Result<std::unique_ptr<WalSyncer>> Store::defer_syncs() {
+  Impl& d = *impl_;
+  if (d.turn_open || d.txn_open) return make_error("store: defer_syncs inside a turn");
+  // The connection has its WAL open (WAL mode, and open() has read the
+  // schema); the file keeps its inode while the connection lives.
+  const std::string wal = d.path + "-wal";
+  int fd = ::open(wal.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error("cannot open " + wal + " to sync it: " + std::strerror(errno));
+  auto syncer = std::make_unique<WalSyncer>(wal, fd);
+  if (auto s = exec(d.db.get(), d.path, "PRAGMA synchronous = NORMAL", "cannot set synchronous"); !s.ok())
+    return s.error();
+  return syncer;
+}
+
+WalSyncer::~WalSyncer() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status WalSyncer::sync() const {
+  if (::fdatasync(fd_) != 0) return make_error("cannot sync " + path_ + ": " + std::strerror(errno));
+  return {};
+}
 int Store::schema_version() const { return impl_->version; }
 bool Store::in_turn() const { return impl_->turn_open; }
 

@@ -164,6 +164,23 @@ struct StoreOptions {
   int schema_version = kStoreSchemaVersion;
 };
 
+// Makes a connection's commits durable after the fact (Store::defer_syncs):
+// fdatasync of the WAL file on a descriptor of its own. Thread-safe, and
+// several syncs may run at once: when sync() returns ok, every commit that
+// returned before sync() was called is on disk. No SQLite call here.
+class WalSyncer {
+ public:
+  WalSyncer(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ~WalSyncer();
+  WalSyncer(const WalSyncer&) = delete;
+  WalSyncer& operator=(const WalSyncer&) = delete;
+  Status sync() const;
+
+ private:
+  std::string path_;
+  int fd_;
+};
+
 class Store {
  public:
   // Opens DIR/zforce.db, creating the folder and the database if needed, and
@@ -178,6 +195,12 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   const std::string& path() const;
+  StoreOptions::Sync sync() const;  // as opened
+  // With Sync::Full: commits stop waiting for the disk (synchronous=NORMAL,
+  // which keeps the kill -9 guarantee) and the caller makes them durable with
+  // the returned WalSyncer before it reports them (the store writer does).
+  // SQLite still syncs the WAL before each checkpoint and the database after.
+  Result<std::unique_ptr<WalSyncer>> defer_syncs();
   int schema_version() const;  // after migrations: kStoreSchemaVersion unless options said otherwise
 
   // --- group commit

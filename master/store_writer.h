@@ -20,8 +20,16 @@
 // every instance change of the batches before it, and the counters are
 // written once per group with the last values set.
 //
-// If a commit fails, that group and every later batch fail (nothing of them
-// is on disk); the master stops without sending what they held.
+// With --sync full the writer does not wait for the disk itself: it commits
+// without an fsync (synchronous=NORMAL) and goes on with the next group,
+// while two sync threads fdatasync the WAL (Store::defer_syncs). A batch is
+// reported done only when a sync that started after its commit returned, so
+// "on disk before anything leaves" still holds; the syncs of successive
+// groups overlap instead of queueing behind each other.
+//
+// If a commit (or a sync) fails, that group and every later batch fail
+// (nothing of them is known to be on disk); the master stops without sending
+// what they held.
 //
 // Owns the write connection (a Store) and the thread. Thread contract:
 // submit(), fd(), done() and the destructor are called from the loop thread
@@ -84,8 +92,13 @@ class StoreWriter {
     Batch batch;
   };
   void run();
+  void run_syncs();
   // Writes one group in the writer's open turn; the first error.
   Status write_group(std::vector<Queued>& group);
+  // With mu_ held: batches up to `last` are done with `status` (or the first
+  // failure, once there was one).
+  void complete_locked(uint64_t last, const Status& status);
+  void signal_done();
 
   std::unique_ptr<Store> store_;
   // Writer thread only: the instance changes of the group not written yet,
@@ -102,7 +115,15 @@ class StoreWriter {
   uint64_t last_completed_ = 0;
   uint64_t commits_ = 0;
   bool failed_ = false;  // a commit failed: later batches fail too
+  Status first_error_;
   bool stop_ = false;
+  // Deferred syncs (Sync::Full): null when SQLite syncs at each commit.
+  std::unique_ptr<WalSyncer> syncer_;
+  uint64_t committed_ = 0;     // last batch committed (done once synced)
+  uint64_t sync_started_ = 0;  // last batch a sync was started for
+  bool writer_done_ = false;   // the writer thread has committed its last group
+  std::condition_variable sync_cv_;
+  std::vector<std::thread> sync_threads_;
   std::thread thread_;  // last: starts after everything above exists
 };
 

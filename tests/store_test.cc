@@ -792,8 +792,11 @@ TEST_CASE("update_instance changes what can change and keeps job, params, steps 
 
 TEST_CASE("the store writer commits batches in order, groups them, and fails all after a failed commit") {
   TempDir dir;
+  StoreOptions options;
+  SUBCASE("sync full: commits synced by the sync threads") { options.sync = StoreOptions::Sync::Full; }
+  SUBCASE("sync normal: no sync threads") { options.sync = StoreOptions::Sync::Normal; }
   auto reader = open_ok(dir.path());
-  StoreWriter writer(open_ok(dir.path()));
+  StoreWriter writer(open_ok(dir.path(), options));
   // Wakes when done() has something; returns what it got.
   auto wait_done = [&](size_t want) {
     std::vector<StoreWriter::Done> got;

@@ -160,70 +160,52 @@ std::shared_ptr<const InstanceSpec> Master::make_spec(const Job& job, std::map<s
 }
 
 void Master::end_turn() {
+  StoreWriter::Batch batch;
   if (writer_ && !dirty_.empty()) {
-    // One op for all instances of the turn: one allocation, not one per instance.
-    std::vector<InstanceWrite> writes;
-    writes.reserve(dirty_.size());
+    batch.instances.reserve(dirty_.size());
     for (uint64_t id : dirty_) {
       auto it = instances_.find(id);
       if (it == instances_.end()) continue;
       Instance& inst = it->second;
       inst.dirty = false;
-      InstanceWrite& w = writes.emplace_back();
+      InstanceChange& c = batch.instances.emplace_back();
       // Assigned and running change only a few columns of a row already stored.
       bool progress_only = inst.persisted_transitions > 0 && !inst.cancel_requested &&
                            (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
       if (inst.persisted_transitions == 0) {
-        w.kind = InstanceWrite::kInsert;  // a new row needs everything
-        w.rec = to_record(inst);
+        c.kind = InstanceChange::Kind::Insert;  // a new row needs everything
+        c.rec = to_record(inst);
       } else if (progress_only) {
-        w.kind = InstanceWrite::kProgress;
-        w.rec.id = id;
-        w.rec.state = inst.state;
-        w.rec.attempt = inst.attempt;
-        w.rec.member = inst.member;
-        w.rec.slot = inst.slot;
-        w.rec.updated_us = inst.history.back().ts_us;
+        c.kind = InstanceChange::Kind::Progress;
+        c.rec.id = id;
+        c.rec.state = inst.state;
+        c.rec.attempt = inst.attempt;
+        c.rec.member = inst.member;
+        c.rec.slot = inst.slot;
+        c.rec.updated_us = inst.history.back().ts_us;
       } else {
-        w.kind = InstanceWrite::kUpdate;  // afterwards only what can change
-        w.rec = to_update_record(inst);
+        c.kind = InstanceChange::Kind::Update;  // afterwards only what can change
+        c.rec = to_update_record(inst);
       }
+      c.added.reserve(inst.history.size() - inst.persisted_transitions);
       for (size_t k = inst.persisted_transitions; k < inst.history.size(); ++k) {
         const auto& t = inst.history[k];
-        w.added.push_back({static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});
+        c.added.push_back({static_cast<uint32_t>(k), t.state, t.ts_us, t.attempt, t.member, t.exit_code});
       }
       inst.persisted_transitions = inst.history.size();
     }
-    write([writes = std::move(writes)](Store& st) -> Status {
-      for (const auto& w : writes) {
-        const auto& r = w.rec;
-        Status s = w.kind == InstanceWrite::kInsert   ? st.upsert_instance(r)
-                   : w.kind == InstanceWrite::kUpdate ? st.update_instance(r)
-                                                      : st.update_progress(r.id, r.state, r.attempt, r.member, r.slot,
-                                                                           r.updated_us);
-        if (!s.ok()) return s;
-        for (const auto& t : w.added)
-          if (auto s2 = st.add_transition(r.id, t); !s2.ok()) return s2;
-      }
-      return {};
-    });
   }
   if (writer_) {
     // Only what changed: an idle loop turn must not cost a disk write.
-    if (next_instance_id_ != stored_next_id_) {
-      write([n = next_instance_id_](Store& st) { return st.set_next_instance_id(n); });
-      stored_next_id_ = next_instance_id_;
-    }
-    if (events_->last_seq() != stored_event_seq_) {
-      write([n = events_->last_seq()](Store& st) { return st.set_last_event_seq(n); });
-      stored_event_seq_ = events_->last_seq();
-    }
+    if (next_instance_id_ != stored_next_id_) batch.next_instance_id = stored_next_id_ = next_instance_id_;
+    if (events_->last_seq() != stored_event_seq_) batch.last_event_seq = stored_event_seq_ = events_->last_seq();
   }
   dirty_.clear();
   size_t events = events_->held_count() - events_in_commit_;
-  if (!ops_.empty()) {
-    uint64_t batch = writer_->submit(std::exchange(ops_, {}));
-    in_commit_.push_back({batch, std::exchange(outbox_, {}), events});
+  if (!ops_.empty() || !batch.instances.empty() || batch.next_instance_id || batch.last_event_seq) {
+    batch.ops = std::exchange(ops_, {});
+    uint64_t n = writer_->submit(std::move(batch));
+    in_commit_.push_back({n, std::exchange(outbox_, {}), events});
     events_in_commit_ += events;
     return;
   }

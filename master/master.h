@@ -320,12 +320,6 @@ class Master {
   void send_outgoing(std::vector<Outgoing>& out);
   // Whether an ASSIGN held since its turn still starts the current attempt.
   bool assign_still_current(const Outgoing& o) const;
-  // One instance's writes of a turn, as the store writer applies them.
-  struct InstanceWrite {
-    enum Kind { kInsert, kUpdate, kProgress } kind = kInsert;
-    InstanceRecord rec;  // kProgress: id, state, attempt, member, slot, updated_us only
-    std::vector<TransitionRecord> added;
-  };
   // Turns submitted to the writer and not yet reported committed, oldest
   // first, with what each holds back: its messages and its number of events.
   struct InCommit {

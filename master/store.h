@@ -3,9 +3,11 @@
 // DIR/zforce.db. The schema, the commit rule and what survives a crash are in
 // docs/durability.md.
 //
-// Single-threaded: a Store is owned by the master's event loop and called only
-// from it. It is movable by unique_ptr only; nothing here is shared with
-// another thread, and no other file of zforce includes sqlite3.h.
+// Single-threaded: a Store (one connection) is called by one thread only; the
+// master has two, the loop's for reading and the store writer's
+// (master/store_writer.h) for writing. It is movable by unique_ptr only;
+// nothing here is shared between threads, and no other file of zforce
+// includes sqlite3.h.
 //
 // The commit rule (group commit). The loop calls begin_turn() when it wakes
 // up, makes its writes, then commit_turn(). Every write between the two is one
@@ -25,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,7 +41,7 @@ namespace zf {
 // another id is someone else's and is never opened for writing.
 inline constexpr int32_t kStoreApplicationId = 0x5A465243;
 // The schema this build creates and migrates older databases up to.
-inline constexpr int kStoreSchemaVersion = 2;
+inline constexpr int kStoreSchemaVersion = 3;
 // The database's file name inside the data folder.
 inline constexpr std::string_view kStoreFileName = "zforce.db";
 
@@ -95,6 +98,31 @@ struct InstanceRecord {
   std::vector<TransitionRecord> history;
 };
 
+// One instance's writes of a turn, as the master hands them to the store
+// writer: which columns of its row change, and its new history entries. The
+// three kinds write more and more columns; a later kind includes what an
+// earlier one writes.
+struct InstanceChange {
+  enum class Kind : uint8_t {
+    // state, attempt, member, slot and updated_us (an instance assigned or
+    // started); the row must exist. As update_progress().
+    Progress,
+    // Every column that can change after creation; the row must exist. As
+    // update_instance().
+    Update,
+    // Every column, inserted or replaced. As upsert_instance().
+    Insert,
+  };
+  Kind kind = Kind::Insert;
+  InstanceRecord rec;                   // the columns `kind` writes; history is ignored
+  std::vector<TransitionRecord> added;  // new history entries, in order
+};
+
+// Folds a later change of the same instance into an earlier one, so that one
+// write gives the row what the two in order would (the later columns win,
+// the kind is the wider one) and the history entries of both, in order.
+void merge_into(InstanceChange& earlier, InstanceChange&& later);
+
 // Queued, assigned and running instances are live: load() returns them and
 // prune_history() never removes them. Every other state is final.
 bool is_live(InstanceState s);
@@ -136,6 +164,23 @@ struct StoreOptions {
   int schema_version = kStoreSchemaVersion;
 };
 
+// Makes a connection's commits durable after the fact (Store::defer_syncs):
+// fdatasync of the WAL file on a descriptor of its own. Thread-safe, and
+// several syncs may run at once: when sync() returns ok, every commit that
+// returned before sync() was called is on disk. No SQLite call here.
+class WalSyncer {
+ public:
+  WalSyncer(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ~WalSyncer();
+  WalSyncer(const WalSyncer&) = delete;
+  WalSyncer& operator=(const WalSyncer&) = delete;
+  Status sync() const;
+
+ private:
+  std::string path_;
+  int fd_;
+};
+
 class Store {
  public:
   // Opens DIR/zforce.db, creating the folder and the database if needed, and
@@ -150,6 +195,12 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   const std::string& path() const;
+  StoreOptions::Sync sync() const;  // as opened
+  // With Sync::Full: commits stop waiting for the disk (synchronous=NORMAL,
+  // which keeps the kill -9 guarantee) and the caller makes them durable with
+  // the returned WalSyncer before it reports them (the store writer does).
+  // SQLite still syncs the WAL before each checkpoint and the database after.
+  Result<std::unique_ptr<WalSyncer>> defer_syncs();
   int schema_version() const;  // after migrations: kStoreSchemaVersion unless options said otherwise
 
   // --- group commit
@@ -181,6 +232,11 @@ class Store {
   Status update_progress(uint64_t id, InstanceState state, uint32_t attempt, const std::string& member, int slot,
                          int64_t updated_us);
   Status add_transition(uint64_t instance_id, const TransitionRecord& transition);  // by (id, seq)
+  // Writes the changes in order, as the single calls above would, with fewer
+  // statements: consecutive inserts and all the history entries go several
+  // rows per statement (the history entries after the rows).
+  Status write_instances(std::span<const InstanceChange* const> changes);
+  Status write_instances(const std::vector<InstanceChange>& changes);
   Status set_meta(std::string_view key, std::string_view value);
   Status set_next_instance_id(uint64_t next);
   // Call before publishing the event: a number stored is never handed out again.

@@ -12,8 +12,24 @@
 // a commit (fsync) is paid once per group instead of once per turn, off the
 // loop.
 //
-// If a commit fails, that group and every later batch fail (nothing of them
-// is on disk); the master stops without sending what they held.
+// Inside a group, the instance changes of its batches are merged per instance
+// before they are written (merge_into in master/store.h): an instance
+// assigned in one turn and finished in the next costs one row write, not
+// two, and the history entries of all go several rows per statement. The
+// order of the writes is kept where it can be seen: a batch's ops run after
+// every instance change of the batches before it, and the counters are
+// written once per group with the last values set.
+//
+// With --sync full the writer does not wait for the disk itself: it commits
+// without an fsync (synchronous=NORMAL) and goes on with the next group,
+// while two sync threads fdatasync the WAL (Store::defer_syncs). A batch is
+// reported done only when a sync that started after its commit returned, so
+// "on disk before anything leaves" still holds; the syncs of successive
+// groups overlap instead of queueing behind each other.
+//
+// If a commit (or a sync) fails, that group and every later batch fail
+// (nothing of them is known to be on disk); the master stops without sending
+// what they held.
 //
 // Owns the write connection (a Store) and the thread. Thread contract:
 // submit(), fd(), done() and the destructor are called from the loop thread
@@ -26,6 +42,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -42,6 +59,13 @@ class StoreWriter {
     uint64_t batch = 0;
     Status status;
   };
+  // One turn's writes.
+  struct Batch {
+    std::vector<Op> ops;                    // in order, before `instances`
+    std::vector<InstanceChange> instances;  // then these, in order
+    std::optional<uint64_t> next_instance_id;  // Store::set_next_instance_id, if set
+    std::optional<uint64_t> last_event_seq;    // Store::set_last_event_seq, if set
+  };
 
   explicit StoreWriter(std::unique_ptr<Store> store);
   // Commits what is queued, then stops the thread.
@@ -50,7 +74,8 @@ class StoreWriter {
   StoreWriter& operator=(const StoreWriter&) = delete;
 
   // Queues one turn's writes; returns the batch number (1, 2, 3 …).
-  uint64_t submit(std::vector<Op> ops);
+  uint64_t submit(Batch batch);
+  uint64_t submit(std::vector<Op> ops) { return submit(Batch{std::move(ops), {}, {}, {}}); }
   // Readable (eventfd) when batches were completed; done() clears it.
   int fd() const { return event_fd_; }
   // Batches completed since the last call, in submission order.
@@ -62,25 +87,43 @@ class StoreWriter {
   uint64_t commits() const;
 
  private:
-  struct Batch {
+  struct Queued {
     uint64_t number;
-    std::vector<Op> ops;
+    Batch batch;
   };
   void run();
+  void run_syncs();
+  // Writes one group in the writer's open turn; the first error.
+  Status write_group(std::vector<Queued>& group);
+  // With mu_ held: batches up to `last` are done with `status` (or the first
+  // failure, once there was one).
+  void complete_locked(uint64_t last, const Status& status);
+  void signal_done();
 
   std::unique_ptr<Store> store_;
+  // Writer thread only: the instance changes of the group not written yet,
+  // in the batches that hold them (reused from group to group).
+  std::vector<InstanceChange*> pending_;
   int event_fd_ = -1;
   uint64_t next_batch_ = 1;  // loop thread only
 
   mutable std::mutex mu_;
   std::condition_variable cv_;       // the writer waits for batches (or stop)
   std::condition_variable idle_cv_;  // wait_all() waits for completions
-  std::deque<Batch> queued_;
+  std::deque<Queued> queued_;
   std::vector<Done> completed_;
   uint64_t last_completed_ = 0;
   uint64_t commits_ = 0;
   bool failed_ = false;  // a commit failed: later batches fail too
+  Status first_error_;
   bool stop_ = false;
+  // Deferred syncs (Sync::Full): null when SQLite syncs at each commit.
+  std::unique_ptr<WalSyncer> syncer_;
+  uint64_t committed_ = 0;     // last batch committed (done once synced)
+  uint64_t sync_started_ = 0;  // last batch a sync was started for
+  bool writer_done_ = false;   // the writer thread has committed its last group
+  std::condition_variable sync_cv_;
+  std::vector<std::thread> sync_threads_;
   std::thread thread_;  // last: starts after everything above exists
 };
 

@@ -56,6 +56,8 @@ one_run() {
   awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }'
 }
 
+# The figures move with what else runs on the machine: say how busy it was.
+echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 on=() normal=() off=()
 for r in $(seq "$RUNS"); do
   off+=("$(one_run off)")
@@ -63,6 +65,7 @@ for r in $(seq "$RUNS"); do
   normal+=("$(one_run normal)")
   echo "# run $r: store on (--sync full) ${on[-1]}/s, store on (--sync normal) ${normal[-1]}/s, store off ${off[-1]}/s ($N noop instances, 2 workers x $SLOTS slots, build $B)"
 done
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 m_on=$(median "${on[@]}") m_normal=$(median "${normal[@]}") m_off=$(median "${off[@]}")
 echo "store_on_sync_full_per_s: $m_on"
 echo "store_on_sync_normal_per_s: $m_normal"

@@ -19,6 +19,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -639,10 +640,69 @@ INSERT INTO meta VALUES ('last_event_seq', '77');
   CHECK(c.last_event_seq == 77);
   if (have_sqlite_shell()) {
     store.reset();
-    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2\n");
-    CHECK(shell(dir.db(), "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'instances_by_state';") ==
-          "instances_by_state\n");
+    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3\n");
+    CHECK(shell(dir.db(), "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE type = 'index' "
+                          "AND name LIKE 'instances_%' ORDER BY name);") ==
+          "instances_by_job,instances_unsuccessful\n");
     CHECK(shell(dir.db(), "PRAGMA journal_mode;") == "wal\n");
+  }
+}
+
+TEST_CASE("a version-2 database is migrated to version 3, keeping its data; states are listed as before") {
+  TempDir dir;
+  const InstanceState states[] = {InstanceState::Succeeded, InstanceState::Failed,  InstanceState::Queued,
+                                  InstanceState::Running,   InstanceState::Lost,    InstanceState::Succeeded,
+                                  InstanceState::Failed,    InstanceState::Assigned, InstanceState::Cancelled,
+                                  InstanceState::TimedOut};
+  {
+    StoreOptions v2;
+    v2.schema_version = 2;
+    auto store = open_ok(dir.path(), v2);
+    CHECK(store->schema_version() == 2);
+    store->begin_turn();
+    for (uint64_t id = 1; id <= 10; ++id) {
+      ok(store->upsert_instance(instance(id, states[id - 1], id % 2 ? "odd" : "even")));
+      ok(store->add_transition(id, transition(0, InstanceState::Queued, 10)));
+    }
+    ok(store->commit_turn());
+  }
+  if (have_sqlite_shell()) {
+    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2\n");
+  }
+  auto store = open_ok(dir.path());
+  CHECK(store->schema_version() == 3);
+  auto c = ok(store->load());
+  CHECK(ids(c.instances) == std::vector<uint64_t>{3, 4, 8});
+  check_same(c.instances[0], instance(3, InstanceState::Queued, "odd"));
+  CHECK(c.instances[0].history.size() == 1);
+  auto by_state = [&](InstanceState st, std::optional<std::string> job = std::nullopt) {
+    InstanceFilter f;
+    f.state = st;
+    f.job = std::move(job);
+    return ids(ok(store->list_instances(f)));
+  };
+  CHECK(by_state(InstanceState::Failed) == std::vector<uint64_t>{7, 2});  // indexed
+  CHECK(by_state(InstanceState::Failed, "odd") == std::vector<uint64_t>{7});
+  CHECK(by_state(InstanceState::Lost) == std::vector<uint64_t>{5});
+  CHECK(by_state(InstanceState::Cancelled) == std::vector<uint64_t>{9});
+  CHECK(by_state(InstanceState::TimedOut) == std::vector<uint64_t>{10});
+  CHECK(by_state(InstanceState::Succeeded) == std::vector<uint64_t>{6, 1});  // walked from the newest
+  CHECK(by_state(InstanceState::Queued) == std::vector<uint64_t>{3});
+  CHECK(by_state(InstanceState::Running, "even") == std::vector<uint64_t>{4});
+  InstanceFilter page;
+  page.state = InstanceState::Failed;
+  page.before_id = 7;
+  CHECK(ids(ok(store->list_instances(page))) == std::vector<uint64_t>{2});
+  if (have_sqlite_shell()) {
+    store.reset();
+    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3\n");
+    // The listing of an unsuccessful state can use the partial index: the
+    // condition the store adds is the index's own.
+    std::string plan = shell(dir.db(),
+                             "EXPLAIN QUERY PLAN SELECT id FROM instances WHERE 1 AND state = 'failed' AND (state = "
+                             "'failed' OR state = 'cancelled' OR state = 'timed_out' OR state = 'lost') ORDER BY id "
+                             "DESC LIMIT 5;");
+    CHECK(plan.find("instances_unsuccessful") != std::string::npos);
   }
 }
 
@@ -732,8 +792,11 @@ TEST_CASE("update_instance changes what can change and keeps job, params, steps 
 
 TEST_CASE("the store writer commits batches in order, groups them, and fails all after a failed commit") {
   TempDir dir;
+  StoreOptions options;
+  SUBCASE("sync full: commits synced by the sync threads") { options.sync = StoreOptions::Sync::Full; }
+  SUBCASE("sync normal: no sync threads") { options.sync = StoreOptions::Sync::Normal; }
   auto reader = open_ok(dir.path());
-  StoreWriter writer(open_ok(dir.path()));
+  StoreWriter writer(open_ok(dir.path(), options));
   // Wakes when done() has something; returns what it got.
   auto wait_done = [&](size_t want) {
     std::vector<StoreWriter::Done> got;
@@ -785,4 +848,224 @@ TEST_CASE("the store writer commits batches in order, groups them, and fails all
   CHECK(names2.size() == 50);
   writer.wait_all();
   CHECK(writer.submitted() == 52);
+}
+
+TEST_CASE("merge_into gives one change that writes what the two would, in order") {
+  using Kind = InstanceChange::Kind;
+  InstanceChange insert;
+  insert.kind = Kind::Insert;
+  insert.rec = instance(3);
+  insert.added = {transition(0, InstanceState::Queued, 10)};
+
+  InstanceChange assigned;  // only what a progress write carries
+  assigned.kind = Kind::Progress;
+  assigned.rec.id = 3;
+  assigned.rec.state = InstanceState::Assigned;
+  assigned.rec.member = "w1";
+  assigned.rec.slot = 4;
+  assigned.rec.updated_us = 20;
+  assigned.added = {transition(1, InstanceState::Assigned, 20, "w1")};
+
+  InstanceChange failed;  // what an update carries
+  failed.kind = Kind::Update;
+  failed.rec.id = 3;
+  failed.rec.state = InstanceState::Failed;
+  failed.rec.attempt = 1;
+  failed.rec.member = "w1";
+  failed.rec.slot = -1;
+  failed.rec.exit_code = 2;
+  failed.rec.error = "exit 2";
+  failed.rec.output = "tail";
+  failed.rec.updated_us = 30;
+  failed.added = {transition(2, InstanceState::Running, 25, "w1"), transition(3, InstanceState::Failed, 30, "w1", 2)};
+
+  SUBCASE("insert, then progress, then update: one insert with the last values") {
+    InstanceChange m = insert;
+    merge_into(m, InstanceChange(assigned));
+    CHECK(m.kind == Kind::Insert);
+    CHECK(m.rec.state == InstanceState::Assigned);
+    CHECK(m.rec.slot == 4);
+    CHECK(m.rec.params == insert.rec.params);  // from the insert: progress does not carry them
+    merge_into(m, InstanceChange(failed));
+    CHECK(m.kind == Kind::Insert);
+    CHECK(m.rec.state == InstanceState::Failed);
+    CHECK(m.rec.slot == -1);
+    CHECK(m.rec.exit_code == 2);
+    CHECK(m.rec.output == "tail");
+    CHECK(m.rec.job == "build");
+    CHECK(m.rec.steps_json == insert.rec.steps_json);
+    CHECK(m.rec.created_us == insert.rec.created_us);
+    REQUIRE(m.added.size() == 4);
+    for (uint32_t k = 0; k < 4; ++k) CHECK(m.added[k].seq == k);
+  }
+  SUBCASE("an update, then progress: still an update, its result columns kept") {
+    InstanceChange m = failed;
+    InstanceChange requeued = assigned;
+    requeued.rec.state = InstanceState::Queued;
+    requeued.rec.attempt = 2;
+    requeued.added = {transition(4, InstanceState::Queued, 40)};
+    merge_into(m, std::move(requeued));
+    CHECK(m.kind == Kind::Update);
+    CHECK(m.rec.state == InstanceState::Queued);
+    CHECK(m.rec.attempt == 2);
+    CHECK(m.rec.error == "exit 2");
+    CHECK(m.added.size() == 3);
+  }
+  SUBCASE("progress, then an update: an update") {
+    InstanceChange m = assigned;
+    merge_into(m, InstanceChange(failed));
+    CHECK(m.kind == Kind::Update);
+    CHECK(m.rec.error == "exit 2");
+    CHECK(m.added.size() == 3);
+  }
+}
+
+TEST_CASE("write_instances stores what the single writes would, many rows per statement") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  using Kind = InstanceChange::Kind;
+  // 70 new instances (inserts go a few per statement, 70 is not a multiple),
+  // each with two history entries (140: more than one statement's worth).
+  std::vector<InstanceChange> changes;
+  for (uint64_t id = 1; id <= 70; ++id) {
+    InstanceChange c;
+    c.kind = Kind::Insert;
+    c.rec = instance(id);
+    c.rec.params = id % 2 ? std::map<std::string, std::string>{} : c.rec.params;
+    c.added = {transition(0, InstanceState::Queued, 10), transition(1, InstanceState::Assigned, 11, "w")};
+    c.rec.state = InstanceState::Assigned;
+    changes.push_back(std::move(c));
+  }
+  store->begin_turn();
+  ok(store->write_instances(changes));
+  ok(store->commit_turn());
+  for (uint64_t id : {1, 4, 5, 33, 70}) {
+    auto got = ok(store->load_instance(id));
+    REQUIRE(got.has_value());
+    InstanceRecord want = instance(id, InstanceState::Assigned);
+    if (id % 2) want.params.clear();
+    check_same(*got, want);
+    REQUIRE(got->history.size() == 2);
+    CHECK(same(got->history[1], transition(1, InstanceState::Assigned, 11, "w")));
+  }
+  // Then a progress and an update in one call, and an empty call.
+  std::vector<InstanceChange> next(2);
+  next[0].kind = Kind::Progress;
+  next[0].rec.id = 7;
+  next[0].rec.state = InstanceState::Running;
+  next[0].rec.member = "w";
+  next[0].rec.slot = 3;
+  next[0].rec.updated_us = 12;
+  next[0].added = {transition(2, InstanceState::Running, 12, "w")};
+  next[1].kind = Kind::Update;
+  next[1].rec = instance(8, InstanceState::Succeeded);
+  next[1].rec.job = "not written by an update";
+  next[1].rec.output = "done";
+  next[1].rec.updated_us = 13;
+  next[1].added = {transition(2, InstanceState::Succeeded, 13, "w", 0)};
+  ok(store->write_instances(next));
+  ok(store->write_instances(std::vector<InstanceChange>{}));
+  auto seven = ok(store->load_instance(7));
+  REQUIRE(seven.has_value());
+  CHECK(seven->state == InstanceState::Running);
+  CHECK(seven->slot == 3);
+  CHECK(seven->history.size() == 3);
+  auto eight = ok(store->load_instance(8));
+  REQUIRE(eight.has_value());
+  CHECK(eight->state == InstanceState::Succeeded);
+  CHECK(eight->job == "build");
+  CHECK(eight->output == "done");
+  REQUIRE(eight->history.size() == 3);
+  CHECK(eight->history[2].exit_code == std::optional<int32_t>(0));
+  CHECK(ids(ok(store->load()).instances).size() == 69);  // 8 is final now
+}
+
+TEST_CASE("the store writer merges an instance's changes across the batches of a group, keeping ops in order") {
+  TempDir dir;
+  auto reader = open_ok(dir.path());
+  StoreWriter writer(open_ok(dir.path()));
+  using Kind = InstanceChange::Kind;
+  auto wait_done = [&](size_t want) {
+    std::vector<StoreWriter::Done> got;
+    while (got.size() < want) {
+      pollfd p{writer.fd(), POLLIN, 0};
+      REQUIRE(::poll(&p, 1, 10000) == 1);
+      for (auto& d : writer.done()) got.push_back(std::move(d));
+    }
+    return got;
+  };
+  // The first batch holds the writer until the next three are queued, so
+  // that those three make one group.
+  std::promise<void> release, holding;
+  auto released = release.get_future().share();
+  StoreWriter::Batch hold;
+  hold.ops.push_back([released, &holding](Store&) -> Status {
+    holding.set_value();
+    released.wait();
+    return {};
+  });
+  writer.submit(std::move(hold));
+  holding.get_future().wait();
+
+  StoreWriter::Batch created;
+  InstanceChange& c = created.instances.emplace_back();
+  c.kind = Kind::Insert;
+  c.rec = instance(1);
+  c.added = {transition(0, InstanceState::Queued, 10)};
+  created.next_instance_id = 2;
+  created.last_event_seq = 1;
+  writer.submit(std::move(created));
+
+  // An op in a later batch sees the earlier batch's instance change.
+  std::optional<InstanceState> seen;
+  StoreWriter::Batch assigned;
+  assigned.ops.push_back([&seen](Store& s) -> Status {
+    auto r = s.load_instance(1);
+    if (!r.ok()) return r.error();
+    if (*r) seen = (*r)->state;
+    return {};
+  });
+  InstanceChange& a = assigned.instances.emplace_back();
+  a.kind = Kind::Progress;
+  a.rec.id = 1;
+  a.rec.state = InstanceState::Assigned;
+  a.rec.member = "w1";
+  a.rec.slot = 0;
+  a.rec.updated_us = 20;
+  a.added = {transition(1, InstanceState::Assigned, 20, "w1")};
+  assigned.last_event_seq = 2;
+  writer.submit(std::move(assigned));
+
+  StoreWriter::Batch finished;
+  InstanceChange& f = finished.instances.emplace_back();
+  f.kind = Kind::Update;
+  f.rec.id = 1;
+  f.rec.state = InstanceState::Succeeded;
+  f.rec.member = "w1";
+  f.rec.output = "ok";
+  f.rec.updated_us = 30;
+  f.added = {transition(2, InstanceState::Running, 25, "w1"), transition(3, InstanceState::Succeeded, 30, "w1", 0)};
+  finished.last_event_seq = 4;
+  writer.submit(std::move(finished));
+
+  release.set_value();
+  auto done = wait_done(4);
+  for (const auto& d : done) CHECK(d.status.ok());
+  CHECK(writer.commits() == 2);  // the holding batch, then the three together
+  REQUIRE(seen.has_value());
+  CHECK(*seen == InstanceState::Queued);
+
+  auto got = ok(reader->load_instance(1));
+  REQUIRE(got.has_value());
+  InstanceRecord want = instance(1, InstanceState::Succeeded);
+  want.member = "w1";
+  want.slot = -1;
+  want.output = "ok";
+  want.updated_us = 30;
+  check_same(*got, want);
+  REQUIRE(got->history.size() == 4);
+  CHECK(same(got->history[3], transition(3, InstanceState::Succeeded, 30, "w1", 0)));
+  auto c2 = ok(reader->load());
+  CHECK(c2.next_instance_id == 2);
+  CHECK(c2.last_event_seq == 4);
 }

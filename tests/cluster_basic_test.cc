@@ -329,3 +329,24 @@ TEST_CASE("a 100,000-instance run does not hold up other requests, and runs keep
   CHECK(small.result["instances"] == json::array({100001}));
   CHECK(parse_ok(c.zforce({"--json", "stats"}))["waiting"] == 100001);
 }
+
+// Hundreds of noop instances ending at once make a worker send more than its
+// socket's queue holds; what does not fit must wait and go out later, not be
+// dropped (a dropped FINISHED left its instance running for good).
+TEST_CASE("workers with 1,000 slots each send every result of a 30,000-instance burst") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  c.start_worker("w1", 1000);
+  c.start_worker("w2", 1000);
+  REQUIRE(all_members_joined(c, 2));
+  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  auto r = c.zforce({"run", "n", "--count", "30000", "--wait"}, 120s);
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "30000 instances: 30000 succeeded\n");
+  auto st = parse_ok(c.zforce({"--json", "stats"}));
+  CHECK(st["instances"]["succeeded"] == 30000);
+  CHECK(st["late_results"] == 0);
+}

@@ -41,6 +41,10 @@ void Worker::connect() {
   socket_->set(zmq::sockopt::linger, 0);
   socket_->set(zmq::sockopt::maxmsgsize, proto::kMaxMessageBytes);
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
+  // Room for a burst (hundreds of slots ending at once send STARTED and
+  // FINISHED for each); beyond it send() keeps messages in outbox_.
+  socket_->set(zmq::sockopt::sndhwm, 100'000);
+  socket_->set(zmq::sockopt::rcvhwm, 100'000);
   if (!opt_.master_key.empty()) make_curve_client(*socket_, opt_.key, opt_.master_key);
   handshake_failure_logged_ = false;
   if (opt_.master.rfind("inproc://", 0) != 0) {
@@ -69,6 +73,9 @@ void Worker::connect() {
 void Worker::drop_socket() {
   monitor_.reset();
   socket_.reset();
+  // What a new connection needs is sent again: READY lists what runs,
+  // unacknowledged results follow WELCOME.
+  outbox_.clear();
 }
 
 void Worker::reconnect_after_backoff(Clock::time_point now) {
@@ -121,13 +128,26 @@ void Worker::on_handshake_events(Clock::time_point now) {
 
 void Worker::send(const proto::Message& m) {
   if (!socket_) return;
-  std::string bytes = proto::encode(m);
-  // DEALER queues while the TCP link is down; dontwait only fails when the
-  // HWM is reached, and then the message is covered by resend-after-reconnect.
-  if (auto s = send_multipart(*socket_, {bytes}); !s.ok())
-    log::warn("cannot send " + std::string(proto::msg_type_name(proto::type_of(m))) + " to the master: " +
-              s.error().message);
+  outbox_.push_back(proto::encode(m));
+  flush_outbox();
   last_sent_ = Clock::now();
+}
+
+// DEALER queues while the TCP link is down; a send fails only at the HWM, and
+// a dropped FINISHED would leave its instance running on the master until
+// this worker reconnected. So what the socket does not take waits here, in
+// order, and goes first when the socket has room again (POLLOUT).
+void Worker::flush_outbox() {
+  while (socket_ && !outbox_.empty()) {
+    if (!send_multipart(*socket_, {outbox_.front()}).ok()) {
+      if (!outbox_full_logged_)
+        log::warn("the link to the master is full; " + std::to_string(outbox_.size()) + " message(s) wait to be sent");
+      outbox_full_logged_ = true;
+      return;
+    }
+    outbox_.pop_front();
+  }
+  outbox_full_logged_ = false;
 }
 
 void Worker::on_assign(proto::Assign a, Clock::time_point now) {
@@ -320,7 +340,8 @@ int Worker::run() {
     if (state_ == LinkState::Disconnected) connect();
 
     items.clear();
-    if (socket_) items.push_back({socket_->handle(), 0, ZMQ_POLLIN, 0});
+    if (socket_)
+      items.push_back({socket_->handle(), 0, static_cast<short>(ZMQ_POLLIN | (outbox_.empty() ? 0 : ZMQ_POLLOUT)), 0});
     size_t monitor_item = items.size();
     if (monitor_) items.push_back({monitor_->socket().handle(), 0, ZMQ_POLLIN, 0});
     size_t first_fd = items.size();
@@ -370,6 +391,7 @@ int Worker::run() {
         handle_message(std::get<proto::Message>(d), now);
       }
     }
+    if (socket_ && (items[0].revents & ZMQ_POLLOUT)) flush_outbox();
     if (monitor_ && monitor_item < first_fd && (items[monitor_item].revents & ZMQ_POLLIN)) on_handshake_events(now);
     for (auto& [id, ex] : running_) ex->advance(now);
     reap_finished();

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -59,6 +60,7 @@ class Worker {
   void reconnect_after_backoff(Clock::time_point now);
   void on_handshake_events(Clock::time_point now);
   void send(const proto::Message& m);
+  void flush_outbox();
   void handle_message(proto::Message& m, Clock::time_point now);
   void on_assign(proto::Assign a, Clock::time_point now);
   void start(proto::Assign a, Clock::time_point now);
@@ -91,6 +93,9 @@ class Worker {
   std::map<uint64_t, proto::Assign> superseding_;
   // Results not yet acknowledged by the master, resent after a reconnect.
   std::map<uint64_t, proto::Finished> unacked_;
+  // Encoded messages the socket would not take yet (its HWM was reached), oldest first.
+  std::deque<std::string> outbox_;
+  bool outbox_full_logged_ = false;
   uint64_t malformed_ = 0;
   bool draining_ = false;
 };

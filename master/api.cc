@@ -368,13 +368,17 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
     }
     return {{"instances", out}};
   }
-  // Newest last; `limit` keeps the newest.
+  // Newest last; `limit` keeps the newest. (instances_ is unordered: sort the hits.)
   std::vector<const Instance*> hits;
-  for (auto it = instances_.rbegin(); it != instances_.rend() && (limit == 0 || hits.size() < limit); ++it) {
-    if (job && it->second.spec->job != *job) continue;
-    if (state && it->second.state != *state) continue;
-    hits.push_back(&it->second);
+  for (const auto& [id, inst] : instances_) {
+    if (job && inst.spec->job != *job) continue;
+    if (state && inst.state != *state) continue;
+    hits.push_back(&inst);
   }
+  auto newer = [](const Instance* a, const Instance* b) { return a->id > b->id; };
+  size_t keep = limit == 0 ? hits.size() : std::min(limit, hits.size());
+  std::partial_sort(hits.begin(), hits.begin() + static_cast<std::ptrdiff_t>(keep), hits.end(), newer);
+  hits.resize(keep);
   for (auto it = hits.rbegin(); it != hits.rend(); ++it) out.push_back(instance_summary(**it));
   return {{"instances", out}};
 }

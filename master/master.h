@@ -290,7 +290,10 @@ class Master {
 
   std::map<std::string, Member> members_;
   std::map<std::string, Job> jobs_;
-  std::map<uint64_t, Instance> instances_;
+  // By id. A hash map, not an ordered one: every message and dispatch looks
+  // instances up, and with 1,000,000 queued a tree walk of ~20 cache misses
+  // per lookup slowed dispatch by a third.
+  std::unordered_map<uint64_t, Instance> instances_;
   // Every queue the scheduler knows: shared ones (queue put, and "default")
   // and jobs' own ("job:NAME").
   std::map<std::string, QueueConfig> queues_;

@@ -350,3 +350,21 @@ TEST_CASE("workers with 1,000 slots each send every result of a 30,000-instance 
   CHECK(st["instances"]["succeeded"] == 30000);
   CHECK(st["late_results"] == 0);
 }
+
+TEST_CASE("without a store, instances lists the newest from memory, oldest of them first") {
+  Cluster c;
+  c.start_master({"--no-store"});
+  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  auto other = c.write_file("m.toml", "name = \"m\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job, other}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "n", "--count", "5"}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "m", "--count", "2"}).exit_code == 0);
+  auto ids = [](const json& list) {
+    std::vector<uint64_t> out;
+    for (const auto& i : list["instances"]) out.push_back(i["id"].get<uint64_t>());
+    return out;
+  };
+  CHECK(ids(parse_ok(c.zforce({"--json", "instances", "--limit", "3"}))) == std::vector<uint64_t>{5, 6, 7});
+  CHECK(ids(parse_ok(c.zforce({"--json", "instances", "--job", "n", "--limit", "2"}))) == std::vector<uint64_t>{4, 5});
+  CHECK(ids(parse_ok(c.zforce({"--json", "instances", "--job", "m"}))) == std::vector<uint64_t>{6, 7});
+}

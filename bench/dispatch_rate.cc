@@ -28,8 +28,7 @@
 
 #include <zmq.hpp>
 
-#include "common/protocol.h"
-#include "common/zmq_util.h"
+#include "bench/bench_client.h"
 
 namespace {
 
@@ -37,10 +36,7 @@ namespace proto = zf::proto;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-[[noreturn]] void die(const std::string& why) {
-  std::fprintf(stderr, "dispatch: %s\n", why.c_str());
-  std::exit(1);
-}
+[[noreturn]] void die(const std::string& why) { zf::bench::die("dispatch", why); }
 
 struct Args {
   std::string api, events, job, ready_file;
@@ -73,53 +69,12 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-class Probe {
+// The shared api/tap client, plus submission in calls of at most `batch`.
+class Probe : public zf::bench::BenchClient {
  public:
-  explicit Probe(const Args& a) : api_(ctx_, zmq::socket_type::dealer), sub_(ctx_, zmq::socket_type::sub) {
-    api_.set(zmq::sockopt::linger, 0);
-    api_.set(zmq::sockopt::maxmsgsize, int64_t{64} << 20);
-    api_.connect(a.api);
-    sub_.set(zmq::sockopt::linger, 0);
-    sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
-    // Only the ends (and our ping): the master filters the rest out.
-    for (const char* t : {"instance.succeeded", "instance.failed", "instance.timed_out", "instance.cancelled",
-                          "tap.ping"})
-      sub_.set(zmq::sockopt::subscribe, t);
-    sub_.connect(a.events);
-  }
-
-  // PUB/SUB joins late: ping until our own marker comes through.
-  void sync_tap() {
-    for (int i = 0; i < 100; ++i) {
-      std::string token = "dispatch-sync-" + std::to_string(i);
-      call("ping", {{"token", token}}, 10s);
-      auto deadline = Clock::now() + 200ms;
-      while (Clock::now() < deadline)
-        if (auto e = next_event(deadline); e && e->type == "tap.ping" && e->detail == token) return;
-    }
-    die("the tap never came alive");
-  }
-
-  // Sends op(args) and returns the reply's result; dies on an error reply or a timeout.
-  nlohmann::json call(const std::string& op, const nlohmann::json& args, Clock::duration timeout) {
-    proto::ApiRequest req{++req_, op, args};
-    std::string bytes = proto::encode(req);
-    api_.send(zmq::buffer(bytes), zmq::send_flags::none);
-    auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      zmq::pollitem_t item{api_.handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, 100ms);
-      zmq::message_t m;
-      if (!(item.revents & ZMQ_POLLIN) || !api_.recv(m, zmq::recv_flags::dontwait)) continue;
-      auto d = proto::decode(m.data(), m.size());
-      auto* msg = std::get_if<proto::Message>(&d);
-      auto* rep = msg ? std::get_if<proto::ApiReply>(msg) : nullptr;
-      if (!rep || rep->req != req.req) continue;
-      if (!rep->ok) die(op + ": " + rep->error);
-      return rep->result;
-    }
-    die("no reply to " + op + " in time");
-  }
+  explicit Probe(const Args& a)
+      : BenchClient("dispatch", a.api, a.events,
+                    {"instance.succeeded", "instance.failed", "instance.timed_out", "instance.cancelled"}) {}
 
   void run(const std::string& job, uint64_t n, uint64_t batch = 100000) {
     while (n > 0) {
@@ -128,29 +83,6 @@ class Probe {
       n -= c;
     }
   }
-
-  // The next tap event before the deadline, if any.
-  std::optional<proto::Event> next_event(Clock::time_point deadline) {
-    while (true) {
-      if (zf::recv_multipart(sub_, parts_) && parts_.size() == 2) {
-        auto d = proto::decode(parts_[1].data(), parts_[1].size());
-        if (auto* msg = std::get_if<proto::Message>(&d))
-          if (auto* e = std::get_if<proto::Event>(msg)) return *e;
-        continue;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) return std::nullopt;
-      zmq::pollitem_t item{sub_.handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, std::min(left, std::chrono::milliseconds(100)));
-    }
-  }
-
- private:
-  zmq::context_t ctx_{1};
-  zmq::socket_t api_;
-  zmq::socket_t sub_;
-  std::vector<zmq::message_t> parts_;
-  uint64_t req_ = 0;
 };
 
 }  // namespace

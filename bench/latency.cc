@@ -17,20 +17,15 @@
 
 #include <zmq.hpp>
 
-#include "common/protocol.h"
-#include "common/zmq_util.h"
+#include "bench/bench_client.h"
 
 namespace {
 
 namespace proto = zf::proto;
-using zf::recv_multipart;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-[[noreturn]] void die(const std::string& why) {
-  std::fprintf(stderr, "latency: %s\n", why.c_str());
-  std::exit(1);
-}
+[[noreturn]] void die(const std::string& why) { zf::bench::die("latency", why); }
 
 struct Args {
   std::string api, events, job;
@@ -56,74 +51,18 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-class Bench {
+// The shared api/tap client, plus one instance from submission to its end.
+class Bench : public zf::bench::BenchClient {
  public:
-  explicit Bench(const Args& a) : api_(ctx_, zmq::socket_type::dealer), sub_(ctx_, zmq::socket_type::sub) {
-    api_.set(zmq::sockopt::linger, 0);
-    api_.connect(a.api);
-    sub_.set(zmq::sockopt::linger, 0);
-    sub_.set(zmq::sockopt::rcvhwm, 1'000'000);
-    // Only the events we wait for, so the tap costs this process little.
-    for (const char* t : {"instance.succeeded", "instance.failed", "instance.timed_out", "instance.cancelled",
-                          "instance.lost", "tap.ping"})
-      sub_.set(zmq::sockopt::subscribe, t);
-    sub_.connect(a.events);
-  }
-
-  // PUB/SUB joins late: ping until our own marker comes through.
-  void sync_tap() {
-    for (int i = 0; i < 100; ++i) {
-      std::string token = "latency-sync-" + std::to_string(i);
-      call("ping", {{"token", token}});
-      auto deadline = Clock::now() + 200ms;
-      while (Clock::now() < deadline)
-        if (auto e = next_event(deadline); e && e->type == "tap.ping" && e->detail == token) return;
-    }
-    die("the tap never came alive");
-  }
-
-  // Sends op(args) and returns the reply's result; dies on an error reply or a timeout.
-  nlohmann::json call(const std::string& op, const nlohmann::json& args) {
-    proto::ApiRequest req{++req_, op, args};
-    std::string bytes = proto::encode(req);
-    api_.send(zmq::buffer(bytes), zmq::send_flags::none);
-    auto deadline = Clock::now() + 10s;
-    while (Clock::now() < deadline) {
-      zmq::pollitem_t item{api_.handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, 100ms);
-      zmq::message_t m;
-      if (!(item.revents & ZMQ_POLLIN) || !api_.recv(m, zmq::recv_flags::dontwait)) continue;
-      auto d = proto::decode(m.data(), m.size());
-      auto* msg = std::get_if<proto::Message>(&d);
-      auto* rep = msg ? std::get_if<proto::ApiReply>(msg) : nullptr;
-      if (!rep || rep->req != req.req) continue;
-      if (!rep->ok) die(op + ": " + rep->error);
-      return rep->result;
-    }
-    die("no reply to " + op + " within 10 s");
-  }
-
-  // The next tap event before the deadline, if any.
-  std::optional<proto::Event> next_event(Clock::time_point deadline) {
-    std::vector<zmq::message_t> parts;
-    while (true) {
-      if (recv_multipart(sub_, parts) && parts.size() == 2) {
-        auto d = proto::decode(parts[1].data(), parts[1].size());
-        if (auto* msg = std::get_if<proto::Message>(&d))
-          if (auto* e = std::get_if<proto::Event>(msg)) return *e;
-        continue;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) return std::nullopt;
-      zmq::pollitem_t item{sub_.handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, left);
-    }
-  }
+  explicit Bench(const Args& a)
+      : BenchClient("latency", a.api, a.events,
+                    {"instance.succeeded", "instance.failed", "instance.timed_out", "instance.cancelled",
+                     "instance.lost"}) {}
 
   // Submits one instance and waits for its end; returns {to reply, to end} in ms.
   std::pair<double, double> one(const std::string& job) {
     auto t0 = Clock::now();
-    auto r = call("run", {{"job", job}, {"params", nlohmann::json::object()}, {"count", 1}});
+    auto r = call("run", {{"job", job}, {"params", nlohmann::json::object()}, {"count", 1}}, 10s);
     auto t_reply = Clock::now();
     uint64_t id = r["instances"].at(0).get<uint64_t>();
     auto deadline = t0 + 10s;
@@ -137,12 +76,6 @@ class Bench {
       return {ms(t_reply), ms(t_end)};
     }
   }
-
- private:
-  zmq::context_t ctx_{1};
-  zmq::socket_t api_;
-  zmq::socket_t sub_;
-  uint64_t req_ = 0;
 };
 
 double percentile(std::vector<double> v, double p) {

@@ -152,9 +152,12 @@ std::shared_ptr<const InstanceSpec> Master::make_spec(const Job& job, std::map<s
   spec->priority = job.priority;
   spec->params = std::move(params);
   spec->steps = std::move(steps);
-  if (store_) spec->steps_json = steps_to_json(spec->steps);
   spec->timeout_ms = job.timeout ? static_cast<uint64_t>(job.timeout->count()) : 0;
   spec->retry = job.retry;
+  if (store_) {
+    spec->steps_json = steps_to_json(spec->steps);
+    spec->retry_json = retry_to_json(spec->retry);
+  }
   spec->required_tags = job.requires_tags;
   return spec;
 }

@@ -103,6 +103,7 @@ struct InstanceSpec {
   std::string steps_json;  // the steps, encoded once for the store (empty without one)
   uint64_t timeout_ms = 0;
   RetryPolicy retry;
+  std::string retry_json;  // the same, encoded once for the store (empty without one)
   std::vector<std::string> required_tags;  // the job's `requires`: only members with every tag
 };
 

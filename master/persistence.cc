@@ -107,7 +107,7 @@ InstanceRecord to_record(const Instance& inst) {
   r.priority = spec.priority;
   r.params = spec.params;
   r.steps_json = !spec.steps_json.empty() ? spec.steps_json : steps_to_json(spec.steps);
-  r.retry_json = retry_to_json(spec.retry);
+  r.retry_json = !spec.retry_json.empty() ? spec.retry_json : retry_to_json(spec.retry);
   r.timeout_ms = spec.timeout_ms;
   r.created_us = inst.history.empty() ? 0 : inst.history.front().ts_us;
   return r;
@@ -117,7 +117,7 @@ namespace {
 bool spec_matches(const InstanceSpec& spec, const InstanceRecord& r, const std::vector<std::string>& required_tags) {
   return spec.job == r.job && spec.queue == r.queue && spec.priority == r.priority && spec.timeout_ms == r.timeout_ms &&
          spec.params == r.params && spec.steps_json == r.steps_json && spec.required_tags == required_tags &&
-         retry_to_json(spec.retry) == r.retry_json;
+         spec.retry_json == r.retry_json;
 }
 }  // namespace
 
@@ -142,6 +142,7 @@ Result<Instance> from_record(const InstanceRecord& r, const std::vector<std::str
     auto retry = retry_from_json(r.retry_json);
     if (!retry.ok()) return retry.error();
     spec->retry = *retry;
+    spec->retry_json = r.retry_json;
     spec->timeout_ms = r.timeout_ms;
     spec->required_tags = required_tags;
     inst.spec = std::move(spec);

@@ -670,6 +670,18 @@ struct Store::Impl {
     return cache[rows].get();
   }
 
+  // Member, slot, exit code, failed step, duration, error, output: listed in
+  // this order by both the upsert and the update.
+  static Use& bind_outcome(Use& u, const InstanceRecord& r) {
+    return u.text(r.member)
+        .i64(r.slot)
+        .i64(r.exit_code)
+        .i64(r.failed_step)
+        .i64(static_cast<int64_t>(r.duration_ms))
+        .text(r.error)
+        .blob(r.output);
+  }
+
   // Upserts n (1 … kInstanceRowsPerStatement) instances in one statement.
   template <class Get>
   Status upsert(size_t n, Get&& record) {
@@ -688,14 +700,8 @@ struct Store::Impl {
           .text(params_scratch[k])
           .text(r.steps_json)
           .text(r.retry_json)
-          .i64(static_cast<int64_t>(r.timeout_ms))
-          .text(r.member)
-          .i64(r.slot)
-          .i64(r.exit_code)
-          .i64(r.failed_step)
-          .i64(static_cast<int64_t>(r.duration_ms))
-          .text(r.error)
-          .blob(r.output)
+          .i64(static_cast<int64_t>(r.timeout_ms));
+      bind_outcome(u, r)
           .i64(r.created_us)
           .i64(r.updated_us)
           .i64(r.cancel_requested ? 1 : 0)
@@ -709,15 +715,8 @@ struct Store::Impl {
 
   Status update(const InstanceRecord& r) {
     Use u(update_instance.get());
-    u.i64(r.attempt)
-        .text(db_state_name(r.state))
-        .text(r.member)
-        .i64(r.slot)
-        .i64(r.exit_code)
-        .i64(r.failed_step)
-        .i64(static_cast<int64_t>(r.duration_ms))
-        .text(r.error)
-        .blob(r.output)
+    u.i64(r.attempt).text(db_state_name(r.state));
+    bind_outcome(u, r)
         .i64(r.updated_us)
         .i64(r.cancel_requested ? 1 : 0)
         .opt_i64(r.retry_at_us)

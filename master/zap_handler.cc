@@ -7,13 +7,11 @@
 
 #include <zmq.h>
 
+#include "common/zmq_util.h"
+
 namespace zf {
 
 namespace {
-
-std::string_view view_of(const zmq::message_t& m) {
-  return std::string_view(static_cast<const char*>(m.data()), m.size());
-}
 
 std::string utc_text(std::chrono::system_clock::time_point t) {
   std::time_t secs = std::chrono::system_clock::to_time_t(t);
@@ -139,7 +137,7 @@ bool ZapHandler::handle_one() {
   std::vector<zmq::message_t> envelope;
   for (size_t i = 0; i < body_start && i < frames.size(); ++i) envelope.emplace_back(frames[i].data(), frames[i].size());
   std::vector<std::string_view> body;
-  for (size_t i = body_start; i < frames.size(); ++i) body.push_back(view_of(frames[i]));
+  for (size_t i = body_start; i < frames.size(); ++i) body.push_back(view(frames[i]));
 
   auto malformed = [&](std::string why) {
     ++counters_.malformed;

@@ -99,5 +99,10 @@ std::string bin(const char* env_name);
 json parse_ok(const CmdResult& r);
 // True once /proc has no entry for pid, or only a zombie.
 bool process_gone(pid_t pid);
+// The port of a "tcp://HOST:PORT" endpoint.
+int port_of(const std::string& endpoint);
+// A plain TCP connection to 127.0.0.1:port (raw bytes, no ZeroMQ), or -1.
+// Safe off the test's thread: it asserts nothing.
+int tcp_connect_loopback(int port);
 
 }  // namespace zf::test

@@ -2,8 +2,6 @@
 // endpoint are dropped and counted while the master keeps serving.
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,17 +21,10 @@ json stats(Cluster& c) {
   return json::parse(r.out);
 }
 
-int port_of(const std::string& endpoint) { return std::stoi(endpoint.substr(endpoint.rfind(':') + 1)); }
-
 // Raw TCP garbage: not even a ZeroMQ greeting.
 void send_raw_tcp(int port, const std::string& bytes) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int fd = tcp_connect_loopback(port);
   REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   ssize_t n = ::write(fd, bytes.data(), bytes.size());
   (void)n;
   std::this_thread::sleep_for(20ms);

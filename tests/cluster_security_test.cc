@@ -104,16 +104,9 @@ void still_serves(Cluster& c) {
   CHECK(r.exit_code == 0);
 }
 
-int port_of(const std::string& endpoint) { return std::stoi(endpoint.substr(endpoint.rfind(':') + 1)); }
-
 int tcp_connect(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int fd = tcp_connect_loopback(port);
   REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   return fd;
 }
 
@@ -153,14 +146,10 @@ class RecordingProxy {
       if (::poll(&p, 1, 100) <= 0) continue;
       int client = ::accept(listen_fd_, nullptr, nullptr);
       if (client < 0) continue;
-      int server = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_port = htons(static_cast<uint16_t>(target_));
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      if (::connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) forward(client, server);
+      int server = tcp_connect_loopback(target_);
+      if (server >= 0) forward(client, server);
       ::close(client);
-      ::close(server);
+      if (server >= 0) ::close(server);
       std::lock_guard<std::mutex> l(mu_);
       done_ = true;
     }

@@ -100,6 +100,19 @@ DROP INDEX instances_by_state;
 CREATE INDEX instances_unsuccessful ON instances (state, id)
   WHERE (state = 'failed' OR state = 'cancelled' OR state = 'timed_out' OR state = 'lost');
 )sql"},
+    // An instance's history moves into its own row, one line per entry
+    // (format in docs/durability.md): the three or four history rows of each
+    // instance were a third of the store's work, while the row they belong
+    // to is rewritten at each of the same changes anyway. Each line carries
+    // its seq, so the order in which group_concat gathers them does not
+    // matter: the reader sorts by seq.
+    {4, R"sql(
+ALTER TABLE instances ADD COLUMN history TEXT NOT NULL DEFAULT '';
+UPDATE instances SET history = coalesce((
+  SELECT group_concat(json_array(seq, state, ts_us, attempt, member, exit_code) || char(10), '')
+  FROM transitions WHERE transitions.instance = instances.id), '');
+DROP TABLE transitions;
+)sql"},
 };
 static_assert(std::size(kMigrations) == kStoreSchemaVersion, "one migration step per schema version");
 
@@ -473,6 +486,12 @@ class Use {
 
   int64_t col_i64(int c) const { return sqlite3_column_int64(s_, c); }
   bool col_null(int c) const { return sqlite3_column_type(s_, c) == SQLITE_NULL; }
+  // Valid until the next step or reset.
+  std::string_view col_view(int c) const {
+    const void* p = sqlite3_column_blob(s_, c);
+    int n = sqlite3_column_bytes(s_, c);
+    return p ? std::string_view(static_cast<const char*>(p), static_cast<size_t>(n)) : std::string_view();
+  }
   std::string col_text(int c) const {
     const void* p = sqlite3_column_blob(s_, c);  // blob access: no text conversion, any bytes
     int n = sqlite3_column_bytes(s_, c);
@@ -486,7 +505,88 @@ class Use {
 
 constexpr const char* kInstanceColumns =
     "id, job, queue, priority, attempt, state, params, steps, retry, timeout_ms, member, slot, exit_code, "
-    "failed_step, duration_ms, error, output, created_us, updated_us, cancel_requested, retry_at_us";
+    "failed_step, duration_ms, error, output, created_us, updated_us, cancel_requested, retry_at_us, history";
+
+// Member names and states are plain words; anything else goes through the
+// JSON library's own escaping.
+void append_json_string(std::string& out, std::string_view v) {
+  bool plain = true;
+  for (char ch : v) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) {
+    out += '"';
+    out += v;
+    out += '"';
+  } else {
+    out += nlohmann::json(std::string(v)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+}
+
+// One history entry as a line of the `history` column:
+// [seq,"state",ts_us,attempt,"member",exit_code or null] and a newline.
+void append_history_line(std::string& out, const TransitionRecord& t) {
+  out += '[';
+  out += std::to_string(t.seq);
+  out += ',';
+  append_json_string(out, state_name(t.state));
+  out += ',';
+  out += std::to_string(t.ts_us);
+  out += ',';
+  out += std::to_string(t.attempt);
+  out += ',';
+  append_json_string(out, t.member);
+  out += ',';
+  out += t.exit_code ? std::to_string(*t.exit_code) : std::string("null");
+  out += "]\n";
+}
+
+// The entries of a `history` column in seq order; a seq written twice keeps
+// its last line (as the old table's INSERT OR REPLACE did).
+Result<std::vector<TransitionRecord>> parse_history(std::string_view text) {
+  std::vector<TransitionRecord> out;
+  size_t line_no = 0;
+  while (!text.empty()) {
+    size_t end = text.find('\n');
+    std::string_view line = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+    ++line_no;
+    if (line.empty()) continue;
+    auto bad = [&](const std::string& why) { return make_error("history line " + std::to_string(line_no) + ": " + why); };
+    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_array() || j.size() != 6) return bad("not an array of 6 values");
+    if (!j[0].is_number_unsigned() || !j[1].is_string() || !j[2].is_number_integer() || !j[3].is_number_unsigned() ||
+        !j[4].is_string() || !(j[5].is_null() || j[5].is_number_integer()))
+      return bad("a value of the wrong type");
+    TransitionRecord t;
+    t.seq = j[0].get<uint32_t>();
+    auto st = parse_state(j[1].get_ref<const std::string&>());
+    if (!st) return bad("unknown state '" + j[1].get<std::string>() + "'");
+    t.state = *st;
+    t.ts_us = j[2].get<int64_t>();
+    t.attempt = j[3].get<uint32_t>();
+    t.member = j[4].get<std::string>();
+    if (!j[5].is_null()) t.exit_code = j[5].get<int32_t>();
+    out.push_back(std::move(t));
+  }
+  auto by_seq = [](const TransitionRecord& a, const TransitionRecord& b) { return a.seq < b.seq; };
+  if (!std::is_sorted(out.begin(), out.end(), by_seq)) std::stable_sort(out.begin(), out.end(), by_seq);
+  size_t kept = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (kept > 0 && out[kept - 1].seq == out[i].seq) {
+      out[kept - 1] = std::move(out[i]);
+    } else {
+      if (kept != i) out[kept] = std::move(out[i]);
+      ++kept;
+    }
+  }
+  out.resize(kept);
+  return out;
+}
 
 std::string params_to_json(const std::map<std::string, std::string>& params) {
   if (params.empty()) return "{}";  // most instances: no JSON object to build
@@ -498,16 +598,15 @@ std::string params_to_json(const std::map<std::string, std::string>& params) {
 
 // The rows one multi-row INSERT carries at most: a statement per row costs
 // about as much again as a small row itself (step, reset, VDBE setup).
-// History entries go 32 at a time. Instance rows go only 4 at a time: a
-// statement of more rows needs a statement journal that, in a transaction
-// larger than the page cache (a big `run --count`), made SQLite spill and
-// rewrite pages: 3 to 5 times the WAL writes for 100,000 inserts
-// (measured with 8 and 32 rows; 1 to 4 rows write the same as one by one).
-constexpr size_t kRowsPerStatement = 32;
+// Instance rows go only 4 at a time: a statement of more rows needs a
+// statement journal that, in a transaction larger than the page cache (a big
+// `run --count`), made SQLite spill and rewrite pages: 3 to 5 times the WAL
+// writes for 100,000 inserts (measured with 8 and 32 rows; 1 to 4 rows write
+// the same as one by one).
 constexpr size_t kInstanceRowsPerStatement = 4;
 
-// One statement per row count (1 … kRowsPerStatement), prepared on first use.
-using RowStatements = StmtPtr[kRowsPerStatement + 1];
+// One statement per row count (1 … kInstanceRowsPerStatement), prepared on first use.
+using RowStatements = StmtPtr[kInstanceRowsPerStatement + 1];
 
 // INSERT … VALUES (?,…),(?,…) … for `rows` rows of `columns` parameters.
 std::string values_sql(size_t rows, size_t columns) {
@@ -523,7 +622,7 @@ std::string values_sql(size_t rows, size_t columns) {
   return out;
 }
 
-constexpr size_t kInstanceColumnCount = 21;
+constexpr size_t kInstanceColumnCount = 22;
 constexpr const char* kInstanceUpsertTail =
     " ON CONFLICT (id) DO UPDATE SET job=excluded.job, queue=excluded.queue, "
     "priority=excluded.priority, attempt=excluded.attempt, state=excluded.state, "
@@ -532,16 +631,12 @@ constexpr const char* kInstanceUpsertTail =
     "exit_code=excluded.exit_code, failed_step=excluded.failed_step, "
     "duration_ms=excluded.duration_ms, error=excluded.error, output=excluded.output, "
     "created_us=excluded.created_us, updated_us=excluded.updated_us, "
-    "cancel_requested=excluded.cancel_requested, retry_at_us=excluded.retry_at_us";
+    "cancel_requested=excluded.cancel_requested, retry_at_us=excluded.retry_at_us, "
+    "history=instances.history || excluded.history";
 
 std::string instance_upsert_sql(size_t rows) {
   return std::string("INSERT INTO instances (") + kInstanceColumns + ") VALUES " +
          values_sql(rows, kInstanceColumnCount) + kInstanceUpsertTail;
-}
-
-std::string transition_insert_sql(size_t rows) {
-  return "INSERT OR REPLACE INTO transitions (instance, seq, state, ts_us, attempt, member, exit_code) VALUES " +
-         values_sql(rows, 7);
 }
 
 Result<std::map<std::string, std::string>> params_from_json(const std::string& text) {
@@ -571,11 +666,13 @@ struct Store::Impl {
   StmtPtr begin, commit, rollback;
   StmtPtr put_job, remove_job, put_queue, remove_queue;
   StmtPtr update_instance, update_progress, set_meta, get_meta, all_meta;
-  // Instance upserts and history entries, by rows per statement.
-  RowStatements upsert_rows, transition_rows;
-  std::string params_scratch[kInstanceRowsPerStatement];  // the params JSON of the rows being bound
-  StmtPtr load_jobs, load_queues, load_live, load_history, load_instance, max_instance_id;
-  StmtPtr prune_transitions, prune_instances;
+  // Instance upserts, by rows per statement.
+  RowStatements upsert_rows;
+  // The params JSON and history lines of the rows being bound.
+  std::string params_scratch[kInstanceRowsPerStatement];
+  std::string history_scratch[kInstanceRowsPerStatement];
+  StmtPtr load_jobs, load_queues, load_live, load_instance, max_instance_id;
+  StmtPtr append_history, prune_instances;
   // list_instances: one statement per combination of filters (job, state,
   // before_id), prepared on first use, so each can use its index.
   StmtPtr list[16];
@@ -607,28 +704,42 @@ struct Store::Impl {
          "INSERT INTO queues (name, source_name, toml) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET "
          "source_name=excluded.source_name, toml=excluded.toml"},
         {&remove_queue, "DELETE FROM queues WHERE name = ?"},
-        {&update_progress, "UPDATE instances SET state=?, attempt=?, member=?, slot=?, updated_us=? WHERE id=?"},
-        {&update_instance,
-         "UPDATE instances SET attempt=?, state=?, member=?, slot=?, exit_code=?, failed_step=?, duration_ms=?, "
-         "error=?, output=?, updated_us=?, cancel_requested=?, retry_at_us=? WHERE id=?"},
         {&set_meta, "INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)"},
         {&get_meta, "SELECT value FROM meta WHERE key = ?"},
         {&all_meta, "SELECT key, value FROM meta ORDER BY key"},
         {&load_jobs, "SELECT name, source_name, toml, enabled FROM jobs ORDER BY rowid"},
         {&load_queues, "SELECT name, source_name, toml FROM queues ORDER BY rowid"},
-        // Schema 3: no index on live states; at start-up the whole table is
-        // read once (as quick_check has just done).
-        {&load_live, "SELECT " + cols + " FROM instances WHERE state IN " + kLiveStatesSql + " ORDER BY id"},
-        {&load_history,
-         "SELECT seq, state, ts_us, attempt, member, exit_code FROM transitions WHERE instance = ? ORDER BY seq"},
-        {&load_instance, "SELECT " + cols + " FROM instances WHERE id = ?"},
-        {&max_instance_id, "SELECT max(id) FROM instances"},
-        {&prune_transitions, "DELETE FROM transitions WHERE instance IN (" + prunable + ")"},
-        {&prune_instances, "DELETE FROM instances WHERE id IN (" + prunable + ")"},
     };
     for (const auto& [stmt, sql] : all)
       if (auto s = prepare(*stmt, sql); !s.ok()) return s;
+    if (!instances_usable()) return {};
+    const std::pair<StmtPtr*, std::string> of_instances[] = {
+        {&update_progress,
+         "UPDATE instances SET state=?, attempt=?, member=?, slot=?, updated_us=?, history=history || ? WHERE id=?"},
+        {&update_instance,
+         "UPDATE instances SET attempt=?, state=?, member=?, slot=?, exit_code=?, failed_step=?, duration_ms=?, "
+         "error=?, output=?, updated_us=?, cancel_requested=?, retry_at_us=?, history=history || ? WHERE id=?"},
+        {&append_history, "UPDATE instances SET history=history || ? WHERE id=?"},
+        // Schema 3: no index on live states; at start-up the whole table is
+        // read once (as quick_check has just done).
+        {&load_live, "SELECT " + cols + " FROM instances WHERE state IN " + kLiveStatesSql + " ORDER BY id"},
+        {&load_instance, "SELECT " + cols + " FROM instances WHERE id = ?"},
+        {&max_instance_id, "SELECT max(id) FROM instances"},
+        {&prune_instances, "DELETE FROM instances WHERE id IN (" + prunable + ")"},
+    };
+    for (const auto& [stmt, sql] : of_instances)
+      if (auto s = prepare(*stmt, sql); !s.ok()) return s;
     return {};
+  }
+
+  // Instances are read and written in the current schema only; a store
+  // opened at an older version (StoreOptions::schema_version, tests that make
+  // old databases) has jobs, queues and meta, nothing more.
+  bool instances_usable() const { return version == kStoreSchemaVersion; }
+  Status need_instances() const {
+    if (instances_usable()) return {};
+    return make_error(path + ": opened at schema version " + std::to_string(version) +
+                      ": instances are readable and writable only at version " + std::to_string(kStoreSchemaVersion));
   }
 
   // Before a write: inside a turn, the turn's transaction is started at its
@@ -682,9 +793,17 @@ struct Store::Impl {
         .blob(r.output);
   }
 
-  // Upserts n (1 … kInstanceRowsPerStatement) instances in one statement.
-  template <class Get>
-  Status upsert(size_t n, Get&& record) {
+  // The history lines of `added`, in `out` (reused: no allocation once grown).
+  static std::string_view history_lines(std::string& out, std::span<const TransitionRecord> added) {
+    out.clear();
+    for (const auto& t : added) append_history_line(out, t);
+    return out;
+  }
+
+  // Upserts n (1 … kInstanceRowsPerStatement) instances in one statement;
+  // added(k) gives the history entries row k appends.
+  template <class Get, class Added>
+  Status upsert(size_t n, Get&& record, Added&& added) {
     sqlite3_stmt* stmt = rows_statement(upsert_rows, n, instance_upsert_sql);
     if (!stmt) return fail_turn(err("cannot prepare the instance upsert"));
     Use u(stmt);
@@ -705,7 +824,8 @@ struct Store::Impl {
           .i64(r.created_us)
           .i64(r.updated_us)
           .i64(r.cancel_requested ? 1 : 0)
-          .opt_i64(r.retry_at_us);
+          .opt_i64(r.retry_at_us)
+          .text(history_lines(history_scratch[k], added(k)));
     }
     return finish_write(u, [&] {
       return "cannot store instance " + std::to_string(record(0).id) +
@@ -713,47 +833,24 @@ struct Store::Impl {
     });
   }
 
-  Status update(const InstanceRecord& r) {
+  Status update(const InstanceRecord& r, std::span<const TransitionRecord> added) {
     Use u(update_instance.get());
     u.i64(r.attempt).text(db_state_name(r.state));
     bind_outcome(u, r)
         .i64(r.updated_us)
         .i64(r.cancel_requested ? 1 : 0)
         .opt_i64(r.retry_at_us)
+        .text(history_lines(history_scratch[0], added))
         .i64(static_cast<int64_t>(r.id));
     return finish_write(u, [&] { return "cannot store instance " + std::to_string(r.id); });
   }
 
   Status progress(uint64_t id, InstanceState state, uint32_t attempt, std::string_view member, int slot,
-                  int64_t updated_us) {
+                  int64_t updated_us, std::span<const TransitionRecord> added) {
     Use u(update_progress.get());
-    u.text(db_state_name(state)).i64(attempt).text(member).i64(slot).i64(updated_us).i64(static_cast<int64_t>(id));
+    u.text(db_state_name(state)).i64(attempt).text(member).i64(slot).i64(updated_us);
+    u.text(history_lines(history_scratch[0], added)).i64(static_cast<int64_t>(id));
     return finish_write(u, [&] { return "cannot store instance " + std::to_string(id); });
-  }
-
-  // Inserts n (1 … kRowsPerStatement) history entries in one statement.
-  struct Entry {
-    uint64_t instance;
-    const TransitionRecord* t;
-  };
-  Status transitions(const Entry* e, size_t n) {
-    sqlite3_stmt* stmt = rows_statement(transition_rows, n, transition_insert_sql);
-    if (!stmt) return fail_turn(err("cannot prepare the transition insert"));
-    Use u(stmt);
-    for (size_t k = 0; k < n; ++k) {
-      const TransitionRecord& t = *e[k].t;
-      u.i64(static_cast<int64_t>(e[k].instance))
-          .i64(t.seq)
-          .text(db_state_name(t.state))
-          .i64(t.ts_us)
-          .i64(t.attempt)
-          .text(t.member)
-          .opt_i64(t.exit_code);
-    }
-    return finish_write(u, [&] {
-      return "cannot store a transition of instance " + std::to_string(e[0].instance) +
-             (n > 1 ? " (and " + std::to_string(n - 1) + " more in the same statement)" : "");
-    });
   }
 
   Result<InstanceRecord> read_instance(Use& u) const {
@@ -787,26 +884,11 @@ struct Store::Impl {
     return r;
   }
 
-  Status read_history(InstanceRecord& r) {
-    Use u(load_history.get());
-    u.i64(static_cast<int64_t>(r.id));
-    int rc;
-    while ((rc = u.step()) == SQLITE_ROW) {
-      TransitionRecord t;
-      t.seq = static_cast<uint32_t>(u.col_i64(0));
-      std::string state = u.col_text(1);
-      auto st = parse_db_state(state);
-      if (!st)
-        return make_error(path + ": instance " + std::to_string(r.id) + ", transition " + std::to_string(t.seq) +
-                          ": unknown state '" + state + "'");
-      t.state = *st;
-      t.ts_us = u.col_i64(2);
-      t.attempt = static_cast<uint32_t>(u.col_i64(3));
-      t.member = u.col_text(4);
-      if (!u.col_null(5)) t.exit_code = static_cast<int32_t>(u.col_i64(5));
-      r.history.push_back(std::move(t));
-    }
-    if (rc != SQLITE_DONE) return err("cannot read the history of instance " + std::to_string(r.id));
+  // The history of a row read by read_instance (its column 21).
+  Status read_history(Use& u, InstanceRecord& r) const {
+    auto h = parse_history(u.col_view(21));
+    if (!h.ok()) return make_error(path + ": instance " + std::to_string(r.id) + ": " + h.error().message);
+    r.history = std::move(h.value());
     return {};
   }
 
@@ -892,17 +974,15 @@ Store::~Store() {
   impl_->update_progress.reset();
   impl_->update_instance.reset();
   for (auto& s : impl_->upsert_rows) s.reset();
-  for (auto& s : impl_->transition_rows) s.reset();
   impl_->set_meta.reset();
   impl_->get_meta.reset();
   impl_->all_meta.reset();
   impl_->load_jobs.reset();
   impl_->load_queues.reset();
   impl_->load_live.reset();
-  impl_->load_history.reset();
   impl_->load_instance.reset();
   impl_->max_instance_id.reset();
-  impl_->prune_transitions.reset();
+  impl_->append_history.reset();
   impl_->prune_instances.reset();
   for (auto& s : impl_->list) s.reset();
   impl_->db.reset();
@@ -1001,25 +1081,33 @@ Status Store::remove_queue(const std::string& name) {
 }
 
 Status Store::upsert_instance(const InstanceRecord& r) {
+  if (auto s = impl_->need_instances(); !s.ok()) return s;
   if (auto s = impl_->before_write(); !s.ok()) return s;
-  return impl_->upsert(1, [&](size_t) -> const InstanceRecord& { return r; });
+  return impl_->upsert(
+      1, [&](size_t) -> const InstanceRecord& { return r; },
+      [](size_t) { return std::span<const TransitionRecord>(); });
 }
 
 Status Store::update_instance(const InstanceRecord& r) {
+  if (auto s = impl_->need_instances(); !s.ok()) return s;
   if (auto s = impl_->before_write(); !s.ok()) return s;
-  return impl_->update(r);
+  return impl_->update(r, {});
 }
 
 Status Store::update_progress(uint64_t id, InstanceState state, uint32_t attempt, const std::string& member, int slot,
                               int64_t updated_us) {
+  if (auto s = impl_->need_instances(); !s.ok()) return s;
   if (auto s = impl_->before_write(); !s.ok()) return s;
-  return impl_->progress(id, state, attempt, member, slot, updated_us);
+  return impl_->progress(id, state, attempt, member, slot, updated_us, {});
 }
 
 Status Store::add_transition(uint64_t instance_id, const TransitionRecord& t) {
-  if (auto s = impl_->before_write(); !s.ok()) return s;
-  Impl::Entry e{instance_id, &t};
-  return impl_->transitions(&e, 1);
+  Impl& d = *impl_;
+  if (auto s = d.need_instances(); !s.ok()) return s;
+  if (auto s = d.before_write(); !s.ok()) return s;
+  Use u(d.append_history.get());
+  u.text(Impl::history_lines(d.history_scratch[0], std::span(&t, 1))).i64(static_cast<int64_t>(instance_id));
+  return d.finish_write(u, [&] { return "cannot store a transition of instance " + std::to_string(instance_id); });
 }
 
 Status Store::write_instances(const std::vector<InstanceChange>& changes) {
@@ -1032,6 +1120,7 @@ Status Store::write_instances(const std::vector<InstanceChange>& changes) {
 Status Store::write_instances(std::span<const InstanceChange* const> changes) {
   Impl& d = *impl_;
   if (changes.empty()) return {};
+  if (auto s = d.need_instances(); !s.ok()) return s;
   if (auto s = d.before_write(); !s.ok()) return s;
   using Kind = InstanceChange::Kind;
   for (size_t i = 0; i < changes.size();) {
@@ -1040,26 +1129,18 @@ Status Store::write_instances(std::span<const InstanceChange* const> changes) {
     if (c.kind == Kind::Insert) {
       size_t n = 1;
       while (n < kInstanceRowsPerStatement && i + n < changes.size() && changes[i + n]->kind == Kind::Insert) ++n;
-      s = d.upsert(n, [&](size_t k) -> const InstanceRecord& { return changes[i + k]->rec; });
+      s = d.upsert(
+          n, [&](size_t k) -> const InstanceRecord& { return changes[i + k]->rec; },
+          [&](size_t k) { return std::span<const TransitionRecord>(changes[i + k]->added); });
       i += n;
     } else {
       const InstanceRecord& r = c.rec;
-      s = c.kind == Kind::Update ? d.update(r) : d.progress(r.id, r.state, r.attempt, r.member, r.slot, r.updated_us);
+      s = c.kind == Kind::Update ? d.update(r, c.added)
+                                 : d.progress(r.id, r.state, r.attempt, r.member, r.slot, r.updated_us, c.added);
       ++i;
     }
     if (!s.ok()) return s;
   }
-  Impl::Entry batch[kRowsPerStatement];
-  size_t n = 0;
-  for (const InstanceChange* c : changes)
-    for (const auto& t : c->added) {
-      batch[n++] = {c->rec.id, &t};
-      if (n == kRowsPerStatement) {
-        if (auto s = d.transitions(batch, n); !s.ok()) return s;
-        n = 0;
-      }
-    }
-  if (n > 0) return d.transitions(batch, n);
   return {};
 }
 
@@ -1075,45 +1156,19 @@ Status Store::set_last_event_seq(uint64_t seq) { return set_meta(kMetaLastEventS
 
 Result<uint64_t> Store::prune_history(int64_t older_than_us, uint64_t max_instances) {
   Impl& d = *impl_;
+  if (auto s = d.need_instances(); !s.ok()) return s.error();
   if (auto s = d.before_write(); !s.ok()) return s.error();
-  // Outside a turn the two deletes still go together.
-  const bool own_txn = !d.turn_open;
-  if (own_txn) {
-    Use b(d.begin.get());
-    if (b.step() != SQLITE_DONE) return d.err("cannot begin pruning");
-  }
+  // One statement: an instance and its history go together.
   const int64_t limit = max_instances > uint64_t(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(max_instances);
-  Status s;
-  {
-    Use u(d.prune_transitions.get());
-    u.i64(older_than_us).i64(limit);
-    s = d.finish_write(u, "cannot prune transitions");
-  }
-  uint64_t removed = 0;
-  if (s.ok()) {
-    Use u(d.prune_instances.get());
-    u.i64(older_than_us).i64(limit);
-    s = d.finish_write(u, "cannot prune instances");
-    if (s.ok()) removed = static_cast<uint64_t>(sqlite3_changes64(d.db.get()));
-  }
-  if (own_txn) {
-    if (!s.ok()) {
-      d.roll_back();
-      return s.error();
-    }
-    Use c(d.commit.get());
-    if (c.step() != SQLITE_DONE) {
-      Error e = d.err("cannot commit pruning");
-      d.roll_back();
-      return e;
-    }
-  }
-  if (!s.ok()) return s.error();
-  return removed;
+  Use u(d.prune_instances.get());
+  u.i64(older_than_us).i64(limit);
+  if (auto s = d.finish_write(u, "cannot prune instances"); !s.ok()) return s.error();
+  return static_cast<uint64_t>(sqlite3_changes64(d.db.get()));
 }
 
 Result<StoreContents> Store::load() {
   Impl& d = *impl_;
+  if (auto s = d.need_instances(); !s.ok()) return s.error();
   StoreContents out;
   // One read transaction, so that all of it is one consistent snapshot.
   const bool own_read = sqlite3_get_autocommit(d.db.get()) != 0;
@@ -1141,12 +1196,11 @@ Result<StoreContents> Store::load() {
       while ((rc = u.step()) == SQLITE_ROW) {
         auto r = d.read_instance(u);
         if (!r.ok()) return r.error();
+        if (auto s = d.read_history(u, r.value()); !s.ok()) return s;
         out.instances.push_back(std::move(r.value()));
       }
       if (rc != SQLITE_DONE) return d.err("cannot read instances");
     }
-    for (auto& r : out.instances)
-      if (auto s = d.read_history(r); !s.ok()) return s;
     {
       Use u(d.all_meta.get());
       int rc;
@@ -1184,6 +1238,7 @@ Result<StoreContents> Store::load() {
 
 Result<std::optional<InstanceRecord>> Store::load_instance(uint64_t id) {
   Impl& d = *impl_;
+  if (auto s = d.need_instances(); !s.ok()) return s.error();
   std::optional<InstanceRecord> r;
   {
     Use u(d.load_instance.get());
@@ -1193,14 +1248,15 @@ Result<std::optional<InstanceRecord>> Store::load_instance(uint64_t id) {
     if (rc != SQLITE_ROW) return d.err("cannot read instance " + std::to_string(id));
     auto rec = d.read_instance(u);
     if (!rec.ok()) return rec.error();
+    if (auto s = d.read_history(u, rec.value()); !s.ok()) return s.error();
     r = std::move(rec.value());
   }
-  if (auto s = d.read_history(*r); !s.ok()) return s.error();
   return r;
 }
 
 Result<std::vector<InstanceRecord>> Store::list_instances(const InstanceFilter& f) {
   Impl& d = *impl_;
+  if (auto s = d.need_instances(); !s.ok()) return s.error();
   std::vector<InstanceRecord> out;
   sqlite3_stmt* stmt = d.list_statement(f);
   if (!stmt) return d.err("cannot prepare the instance listing");
@@ -1214,13 +1270,12 @@ Result<std::vector<InstanceRecord>> Store::list_instances(const InstanceFilter& 
     while ((rc = u.step()) == SQLITE_ROW) {
       auto r = d.read_instance(u);
       if (!r.ok()) return r.error();
+      if (f.with_history)
+        if (auto s = d.read_history(u, r.value()); !s.ok()) return s.error();
       out.push_back(std::move(r.value()));
     }
     if (rc != SQLITE_DONE) return d.err("cannot list instances");
   }
-  if (f.with_history)
-    for (auto& r : out)
-      if (auto s = d.read_history(r); !s.ok()) return s.error();
   return out;
 }
 

@@ -41,7 +41,7 @@ namespace zf {
 // another id is someone else's and is never opened for writing.
 inline constexpr int32_t kStoreApplicationId = 0x5A465243;
 // The schema this build creates and migrates older databases up to.
-inline constexpr int kStoreSchemaVersion = 3;
+inline constexpr int kStoreSchemaVersion = 4;
 // The database's file name inside the data folder.
 inline constexpr std::string_view kStoreFileName = "zforce.db";
 
@@ -161,6 +161,8 @@ struct StoreOptions {
   // operator's sqlite3 shell, a backup) before failing.
   int busy_timeout_ms = 5000;
   // Tests only: create or migrate up to this schema version, not further.
+  // Below the current version the store has jobs, queues and meta only:
+  // instance reads and writes fail (tests put old instances in with SQL).
   int schema_version = kStoreSchemaVersion;
 };
 

@@ -326,6 +326,37 @@ TEST_CASE("an instance and its history round trip with every field") {
     CHECK(again->history.size() == 4);
   }
   SUBCASE("an unknown id is no instance, not an error") { CHECK_FALSE(ok(store->load_instance(8)).has_value()); }
+  SUBCASE("an entry written again keeps its last version, in seq order") {
+    auto again = transition(1, InstanceState::Assigned, 250, "worker-4");
+    ok(store->add_transition(7, again));
+    auto got2 = ok(store->load_instance(7));
+    REQUIRE(got2.has_value());
+    REQUIRE(got2->history.size() == 4);
+    CHECK(same(got2->history[1], again));
+    CHECK(same(got2->history[3], t3));
+  }
+  SUBCASE("a member name with quotes and a backslash round-trips") {
+    ok(store->add_transition(7, transition(4, InstanceState::Queued, 500, "odd \"name\\ \n")));
+    auto got2 = ok(store->load_instance(7));
+    REQUIRE(got2.has_value());
+    REQUIRE(got2->history.size() == 5);
+    CHECK(got2->history[4].member == "odd \"name\\ \n");
+  }
+  SUBCASE("a damaged history is an error naming the instance, not a crash") {
+    if (!have_sqlite_shell()) {
+      MESSAGE("skipped: no sqlite3 shell");
+      return;
+    }
+    store.reset();
+    REQUIRE(shell(dir.db(), "UPDATE instances SET history = history || '[5,\"nonsense\",1,1,\"\",null]' || char(10);")
+                .empty());
+    store = open_ok(dir.path());
+    auto bad = store->load_instance(7);
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.error().message.find("instance 7") != std::string::npos);
+    CHECK(bad.error().message.find("history line 5") != std::string::npos);
+    CHECK(bad.error().message.find("unknown state 'nonsense'") != std::string::npos);
+  }
 }
 
 TEST_CASE("load returns the live instances in id order; final ones stay browsable") {
@@ -607,6 +638,17 @@ TEST_CASE("files that are not a zforce database are refused and left untouched")
 
 TEST_CASE("a version-1 database is migrated to the current schema, keeping its data") {
   TempDir dir;
+  if (!have_sqlite_shell()) {
+    MESSAGE("skipped: no sqlite3 shell");
+    return;
+  }
+  // Instance rows of an old schema are written with SQL: the store reads and
+  // writes instances at the current version only.
+  const std::string old_instance = R"sql(
+INSERT INTO instances VALUES (4, 'build', 'default', 1, 1, 'queued', '{"branch":"main","n":"4"}',
+  '[{"name":"compile","run":["make"]}]', '{"attempts":3}', 0, '', -1, 0, -1, 0, '', x'', 1000004, 1000004, 0, NULL);
+INSERT INTO transitions VALUES (4, 0, 'queued', 1000004, 1, '', NULL);
+)sql";
   SUBCASE("made by this code at version 1") {
     StoreOptions v1;
     v1.schema_version = 1;
@@ -614,21 +656,18 @@ TEST_CASE("a version-1 database is migrated to the current schema, keeping its d
       auto store = open_ok(dir.path(), v1);
       CHECK(store->schema_version() == 1);
       ok(store->put_job({"old", "old.toml", "text", true}));
-      ok(store->upsert_instance(instance(4)));
       ok(store->set_last_event_seq(77));
+      auto refused = store->upsert_instance(instance(4));
+      REQUIRE_FALSE(refused.ok());
+      CHECK(refused.error().message.find("only at version") != std::string::npos);
     }
+    REQUIRE(shell(dir.db(), old_instance).empty());
   }
   SUBCASE("made by hand with the version-1 SQL") {
-    if (!have_sqlite_shell()) {
-      MESSAGE("skipped: no sqlite3 shell");
-      return;
-    }
     std::string out = shell(dir.db(), std::string(kVersion1Schema) + R"sql(
 INSERT INTO jobs VALUES ('old', 'old.toml', 'text', 1);
-INSERT INTO instances VALUES (4, 'build', 'default', 1, 1, 'queued', '{"branch":"main","n":"4"}',
-  '[{"name":"compile","run":["make"]}]', '{"attempts":3}', 0, '', -1, 0, -1, 0, '', x'', 1000004, 1000004, 0, NULL);
 INSERT INTO meta VALUES ('last_event_seq', '77');
-)sql");
+)sql" + old_instance);
     REQUIRE(out.empty());
   }
   auto store = open_ok(dir.path());
@@ -637,19 +676,25 @@ INSERT INTO meta VALUES ('last_event_seq', '77');
   CHECK(job_names(c) == std::vector<std::string>{"old"});
   REQUIRE(c.instances.size() == 1);
   check_same(c.instances[0], instance(4));
+  REQUIRE(c.instances[0].history.size() == 1);
+  CHECK(c.instances[0].history[0].ts_us == 1000004);
   CHECK(c.last_event_seq == 77);
-  if (have_sqlite_shell()) {
-    store.reset();
-    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3\n");
-    CHECK(shell(dir.db(), "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE type = 'index' "
-                          "AND name LIKE 'instances_%' ORDER BY name);") ==
-          "instances_by_job,instances_unsuccessful\n");
-    CHECK(shell(dir.db(), "PRAGMA journal_mode;") == "wal\n");
-  }
+  store.reset();
+  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4\n");
+  CHECK(shell(dir.db(), "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE type = 'index' "
+                        "AND name LIKE 'instances_%' ORDER BY name);") ==
+        "instances_by_job,instances_unsuccessful\n");
+  CHECK(shell(dir.db(), "SELECT count(*) FROM sqlite_master WHERE name = 'transitions';") == "0\n");
+  CHECK(shell(dir.db(), "PRAGMA journal_mode;") == "wal\n");
 }
 
-TEST_CASE("a version-2 database is migrated to version 3, keeping its data; states are listed as before") {
+TEST_CASE("a version-2 database is migrated to the current schema, keeping its data and history; states are listed "
+          "as before") {
   TempDir dir;
+  if (!have_sqlite_shell()) {
+    MESSAGE("skipped: no sqlite3 shell");
+    return;
+  }
   const InstanceState states[] = {InstanceState::Succeeded, InstanceState::Failed,  InstanceState::Queued,
                                   InstanceState::Running,   InstanceState::Lost,    InstanceState::Succeeded,
                                   InstanceState::Failed,    InstanceState::Assigned, InstanceState::Cancelled,
@@ -659,22 +704,42 @@ TEST_CASE("a version-2 database is migrated to version 3, keeping its data; stat
     v2.schema_version = 2;
     auto store = open_ok(dir.path(), v2);
     CHECK(store->schema_version() == 2);
-    store->begin_turn();
-    for (uint64_t id = 1; id <= 10; ++id) {
-      ok(store->upsert_instance(instance(id, states[id - 1], id % 2 ? "odd" : "even")));
-      ok(store->add_transition(id, transition(0, InstanceState::Queued, 10)));
-    }
-    ok(store->commit_turn());
   }
-  if (have_sqlite_shell()) {
-    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2\n");
+  // The rows as a version-2 store wrote them (the same as instance() gives).
+  std::string sql = "BEGIN;\n";
+  for (uint64_t id = 1; id <= 10; ++id) {
+    const std::string n = std::to_string(id);
+    sql += "INSERT INTO instances VALUES (" + n + ", '" + (id % 2 ? "odd" : "even") + "', 'default', " +
+           std::to_string(id % 3) + ", 1, '" + std::string(state_name(states[id - 1])) +
+           "', '{\"branch\":\"main\",\"n\":\"" + n +
+           "\"}', '[{\"name\":\"compile\",\"run\":[\"make\"]}]', '{\"attempts\":3}', 0, '', -1, 0, -1, 0, '', "
+           "x'', " +
+           std::to_string(1'000'000 + id) + ", " + std::to_string(1'000'000 + id) + ", 0, NULL);\n";
+    sql += "INSERT INTO transitions VALUES (" + n + ", 0, 'queued', 10, 1, '', NULL);\n";
   }
+  // Instance 4's history, entered out of order, with a member name that
+  // needs quoting and an exit code.
+  sql += "INSERT INTO transitions VALUES (4, 2, 'running', 30, 2, 'w\"1', NULL);\n"
+         "INSERT INTO transitions VALUES (4, 1, 'assigned', 20, 2, 'w\"1', 7);\n"
+         "COMMIT;\n";
+  REQUIRE(shell(dir.db(), sql).empty());
+  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2\n");
   auto store = open_ok(dir.path());
-  CHECK(store->schema_version() == 3);
+  CHECK(store->schema_version() == kStoreSchemaVersion);
   auto c = ok(store->load());
   CHECK(ids(c.instances) == std::vector<uint64_t>{3, 4, 8});
   check_same(c.instances[0], instance(3, InstanceState::Queued, "odd"));
-  CHECK(c.instances[0].history.size() == 1);
+  REQUIRE(c.instances[0].history.size() == 1);
+  CHECK(same(c.instances[0].history[0], transition(0, InstanceState::Queued, 10)));
+  const auto& h4 = c.instances[1].history;
+  REQUIRE(h4.size() == 3);
+  CHECK(same(h4[0], transition(0, InstanceState::Queued, 10)));
+  auto t1 = transition(1, InstanceState::Assigned, 20, "w\"1", 7);
+  t1.attempt = 2;
+  auto t2 = transition(2, InstanceState::Running, 30, "w\"1");
+  t2.attempt = 2;
+  CHECK(same(h4[1], t1));
+  CHECK(same(h4[2], t2));
   auto by_state = [&](InstanceState st, std::optional<std::string> job = std::nullopt) {
     InstanceFilter f;
     f.state = st;
@@ -693,17 +758,15 @@ TEST_CASE("a version-2 database is migrated to version 3, keeping its data; stat
   page.state = InstanceState::Failed;
   page.before_id = 7;
   CHECK(ids(ok(store->list_instances(page))) == std::vector<uint64_t>{2});
-  if (have_sqlite_shell()) {
-    store.reset();
-    CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3\n");
-    // The listing of an unsuccessful state can use the partial index: the
-    // condition the store adds is the index's own.
-    std::string plan = shell(dir.db(),
-                             "EXPLAIN QUERY PLAN SELECT id FROM instances WHERE 1 AND state = 'failed' AND (state = "
-                             "'failed' OR state = 'cancelled' OR state = 'timed_out' OR state = 'lost') ORDER BY id "
-                             "DESC LIMIT 5;");
-    CHECK(plan.find("instances_unsuccessful") != std::string::npos);
-  }
+  store.reset();
+  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4\n");
+  // The listing of an unsuccessful state can use the partial index: the
+  // condition the store adds is the index's own.
+  std::string plan = shell(dir.db(),
+                           "EXPLAIN QUERY PLAN SELECT id FROM instances WHERE 1 AND state = 'failed' AND (state = "
+                           "'failed' OR state = 'cancelled' OR state = 'timed_out' OR state = 'lost') ORDER BY id "
+                           "DESC LIMIT 5;");
+  CHECK(plan.find("instances_unsuccessful") != std::string::npos);
 }
 
 TEST_CASE("pruning removes old final instances and their history, never live ones") {
@@ -749,7 +812,7 @@ TEST_CASE("pruning removes old final instances and their history, never live one
   // The history of the pruned instances went with them.
   if (have_sqlite_shell()) {
     store.reset();
-    CHECK(shell(dir.db(), "SELECT count(*) FROM transitions WHERE instance IN (1, 2, 6, 7);") == "0\n");
+    CHECK(shell(dir.db(), "SELECT count(*) FROM instances WHERE id IN (1, 2, 6, 7);") == "0\n");
   }
 }
 

@@ -106,7 +106,9 @@ std::vector<StoreWriter::Done> StoreWriter::done() {
   uint64_t count = 0;
   ssize_t r = ::read(event_fd_, &count, sizeof count);  // clears the eventfd; EAGAIN when nothing new
   (void)r;
+  std::vector<Batch> spent;  // freed here, on the loop thread, after the lock
   std::lock_guard lock(mu_);
+  spent.swap(spent_);
   return std::exchange(completed_, {});
 }
 
@@ -189,6 +191,10 @@ void StoreWriter::run() {
       }
     }
     const uint64_t last = group.back().number;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& q : group) spent_.push_back(std::move(q.batch));
+    }
     group.clear();
     if (status.ok() && syncer_) {
       {

@@ -211,15 +211,25 @@ class Loop {
         ++totals_.malformed;
         continue;
       }
-      auto d = proto::decode(parts_[0].data(), parts_[0].size());
-      auto* m = std::get_if<proto::Message>(&d);
-      if (!m) {
-        ++totals_.malformed;
-        continue;
-      }
-      handle(w, *m, now);
+      handle_frame(w, parts_[0].data(), parts_[0].size(), false, now);
     }
     if (i == 256 && w.socket) pending_.push_back(index);
+  }
+
+  // One frame, or one message of a BATCH (from a 1.1 master), as the worker does.
+  void handle_frame(SimWorker& w, const void* data, size_t size, bool in_batch, Clock::time_point now) {
+    auto d = proto::decode(data, size);
+    auto* m = std::get_if<proto::Message>(&d);
+    if (!m || (in_batch && std::holds_alternative<proto::Batch>(*m))) {
+      ++totals_.malformed;
+      return;
+    }
+    if (auto* b = std::get_if<proto::Batch>(m)) {
+      for (const auto& part : b->messages)
+        if (w.socket) handle_frame(w, part.data(), part.size(), true, now);
+      return;
+    }
+    handle(w, *m, now);
   }
 
   void send(SimWorker& w, const proto::Message& m) {
@@ -364,11 +374,15 @@ class Loop {
     } else if (std::holds_alternative<proto::Cancel>(m)) {
       ++totals_.cancels;  // nothing runs here: noop instances end at once
     } else if (const auto* ack = std::get_if<proto::FinishedAck>(&m)) {
-      auto it = w.unacked.find(ack->instance);
-      if (it != w.unacked.end() && it->second.attempt == ack->attempt) {
-        w.unacked.erase(it);
-        ++totals_.acked;
-      }
+      auto forget = [&](uint64_t instance, uint32_t attempt) {
+        auto it = w.unacked.find(instance);
+        if (it != w.unacked.end() && it->second.attempt == attempt) {
+          w.unacked.erase(it);
+          ++totals_.acked;
+        }
+      };
+      forget(ack->instance, ack->attempt);
+      for (const auto& more : ack->more) forget(more.instance, more.attempt);
     } else if (std::holds_alternative<proto::Drain>(m)) {
       if (!w.draining) {
         w.draining = true;

@@ -223,6 +223,19 @@ class BodyReader {
     const auto* o = required ? need(key) : find(key);
     if (o && !to_json(*o, out)) fail("field '" + std::string(key) + "' holds a value JSON cannot carry");
   }
+  // An array of byte strings (bin or str elements).
+  void bins(std::string_view key, std::vector<std::string>& out) {
+    const auto* o = need(key);
+    if (!o) return;
+    if (o->type != msgpack::type::ARRAY) return wrong(key, "an array");
+    out.reserve(o->via.array.size);
+    for (uint32_t i = 0; i < o->via.array.size; ++i) {
+      const msgpack::object& e = o->via.array.ptr[i];
+      if (e.type == msgpack::type::BIN) out.emplace_back(e.via.bin.ptr, e.via.bin.size);
+      else if (e.type == msgpack::type::STR) out.emplace_back(e.via.str.ptr, e.via.str.size);
+      else return fail("field '" + std::string(key) + "[" + std::to_string(i) + "]' is not bytes");
+    }
+  }
   // Each element of an array field, as its own body.
   template <class F>
   void each(std::string_view key, F&& f, bool required = true) {
@@ -276,32 +289,43 @@ class BodyReader {
 
 // ---- per-message encoders and decoders, side by side -------------------------
 
+// An array of {instance, attempt} (READY's running, FINISHED_ACK's more).
+void put_attempts(BodyWriter& w, std::string_view key, const std::vector<RunningInstance>& list) {
+  auto& p = w.packer(key);
+  p.pack_array(static_cast<uint32_t>(list.size()));
+  for (const auto& a : list) {
+    BodyWriter aw(p);
+    aw.begin(2);
+    aw.field("instance", a.instance);
+    aw.field("attempt", a.attempt);
+  }
+}
+void get_attempts(BodyReader& r, std::string_view key, std::vector<RunningInstance>& out, bool required) {
+  r.each(
+      key,
+      [&](BodyReader& e) {
+        RunningInstance a;
+        e.num("instance", a.instance);
+        e.num("attempt", a.attempt);
+        out.push_back(a);
+      },
+      required);
+}
+
 void put(BodyWriter& w, const Ready& m) {
   w.begin(5);
   w.field("name", m.name);
   w.field("slots", m.slots);
   w.field("tags", m.tags);
   w.field("version", m.version);
-  auto& p = w.packer("running");
-  p.pack_array(static_cast<uint32_t>(m.running.size()));
-  for (const auto& r : m.running) {
-    BodyWriter rw(p);
-    rw.begin(2);
-    rw.field("instance", r.instance);
-    rw.field("attempt", r.attempt);
-  }
+  put_attempts(w, "running", m.running);
 }
 void get(BodyReader& r, Ready& m) {
   r.str("name", m.name);
   r.num("slots", m.slots);
   r.str_list("tags", m.tags);
   r.str("version", m.version);
-  r.each("running", [&](BodyReader& e) {
-    RunningInstance ri;
-    e.num("instance", ri.instance);
-    e.num("attempt", ri.attempt);
-    m.running.push_back(ri);
-  });
+  get_attempts(r, "running", m.running, /*required=*/true);
 }
 
 void put(BodyWriter& w, const Welcome& m) {
@@ -404,13 +428,30 @@ void get(BodyReader& r, Finished& m) {
 }
 
 void put(BodyWriter& w, const FinishedAck& m) {
-  w.begin(2);
+  w.begin(m.more.empty() ? 2 : 3);
   w.field("instance", m.instance);
   w.field("attempt", m.attempt);
+  if (!m.more.empty()) put_attempts(w, "more", m.more);  // absent: the one-result form, as before
 }
 void get(BodyReader& r, FinishedAck& m) {
   r.num("instance", m.instance);
   r.num("attempt", m.attempt);
+  get_attempts(r, "more", m.more, /*required=*/false);
+}
+
+void put_batch(BodyWriter& w, std::span<const std::string> encoded) {
+  w.begin(1);
+  auto& p = w.packer("messages");
+  p.pack_array(static_cast<uint32_t>(encoded.size()));
+  for (const auto& e : encoded) {
+    p.pack_bin(static_cast<uint32_t>(e.size()));
+    p.pack_bin_body(e.data(), static_cast<uint32_t>(e.size()));
+  }
+}
+void put(BodyWriter& w, const Batch& m) { put_batch(w, m.messages); }
+void get(BodyReader& r, Batch& m) {
+  r.bins("messages", m.messages);
+  if (r.ok() && m.messages.empty()) r.fail("field 'messages' is empty");
 }
 
 void put(BodyWriter& w, const Cancel& m) {
@@ -521,6 +562,7 @@ std::string_view msg_type_name(MsgType t) {
     case MsgType::Finished: return "FINISHED";
     case MsgType::FinishedAck: return "FINISHED_ACK";
     case MsgType::Drain: return "DRAIN";
+    case MsgType::Batch: return "BATCH";
     case MsgType::Cancel: return "CANCEL";
     case MsgType::Disconnect: return "DISCONNECT";
     case MsgType::Refused: return "REFUSED";
@@ -546,6 +588,7 @@ constexpr MsgType type_for() {
   else if constexpr (std::is_same_v<T, ApiRequest>) return MsgType::ApiRequest;
   else if constexpr (std::is_same_v<T, ApiReply>) return MsgType::ApiReply;
   else if constexpr (std::is_same_v<T, Drain>) return MsgType::Drain;
+  else if constexpr (std::is_same_v<T, Batch>) return MsgType::Batch;
   else {
     static_assert(std::is_same_v<T, Event>, "every Message alternative has a type");
     return MsgType::Event;
@@ -558,9 +601,9 @@ MsgType type_of(const Message& m) {
 
 namespace {
 
-// The envelope, then the body that put() writes.
-template <class T>
-std::string encode_body(const T& m, size_t reserve = 64) {
+// The envelope of a message of type `type`, then the body that put_body writes.
+template <class PutBody>
+std::string encode_envelope(MsgType type, size_t reserve, PutBody&& put_body) {
   StringBuffer buf;
   buf.out.resize(reserve);
   Packer p(buf);
@@ -568,10 +611,15 @@ std::string encode_body(const T& m, size_t reserve = 64) {
   pack_str(p, kSignature);
   p.pack(kMajor);
   p.pack(kMinor);
-  p.pack(static_cast<uint32_t>(type_for<T>()));
+  p.pack(static_cast<uint32_t>(type));
   BodyWriter w(p);
-  put(w, m);
+  put_body(w);
   return buf.take();
+}
+
+template <class T>
+std::string encode_body(const T& m, size_t reserve = 64) {
+  return encode_envelope(type_for<T>(), reserve, [&](BodyWriter& w) { put(w, m); });
 }
 
 }  // namespace
@@ -594,6 +642,13 @@ template std::string encode(const ApiRequest&);
 template std::string encode(const ApiReply&);
 template std::string encode(const Event&);
 template std::string encode(const Drain&);
+template std::string encode(const Batch&);
+
+std::string encode_batch(std::span<const std::string> encoded) {
+  size_t bytes = 32;
+  for (const auto& e : encoded) bytes += e.size() + 5;
+  return encode_envelope(MsgType::Batch, bytes, [&](BodyWriter& w) { put_batch(w, encoded); });
+}
 
 std::string encode_assign(const AssignView& a) { return encode_body(a, 256); }
 
@@ -601,7 +656,7 @@ std::string encode(const Message& m) {
   return std::visit([](const auto& v) { return encode_body(v); }, m);
 }
 
-Decoded decode(const void* data, size_t size) {
+Decoded decode(const void* data, size_t size, uint32_t* minor_out) {
   msgpack::object_handle oh;
   try {
     size_t offset = 0;
@@ -630,6 +685,7 @@ Decoded decode(const void* data, size_t size) {
                        major, minor};
   }
   if (o.via.array.size != 5) return DecodeError{DecodeFailure::Malformed, "expected 5 elements"};
+  if (minor_out) *minor_out = minor;
   if (a[3].type != msgpack::type::POSITIVE_INTEGER)
     return DecodeError{DecodeFailure::Malformed, "bad message type"};
   const msgpack::object& body = a[4];
@@ -645,6 +701,7 @@ Decoded decode(const void* data, size_t size) {
     case static_cast<uint32_t>(MsgType::Disconnect): return decode_body<Disconnect>(body);
     case static_cast<uint32_t>(MsgType::Refused): return decode_body<Refused>(body);
     case static_cast<uint32_t>(MsgType::Drain): return decode_body<Drain>(body);
+    case static_cast<uint32_t>(MsgType::Batch): return decode_body<Batch>(body);
     case static_cast<uint32_t>(MsgType::ApiRequest): return decode_body<ApiRequest>(body);
     case static_cast<uint32_t>(MsgType::ApiReply): return decode_body<ApiReply>(body);
     case static_cast<uint32_t>(MsgType::Event): return decode_body<Event>(body);

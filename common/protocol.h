@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -24,7 +25,10 @@ namespace zf::proto {
 
 inline constexpr std::string_view kSignature = "ZF";
 inline constexpr uint32_t kMajor = 1;
-inline constexpr uint32_t kMinor = 0;
+inline constexpr uint32_t kMinor = 1;
+// The first minor version that reads BATCH: a side sends BATCH only to a
+// peer whose messages carry this minor or a later one.
+inline constexpr uint32_t kBatchMinor = 1;
 // Larger frames are refused by the sockets themselves (ZMQ_MAXMSGSIZE).
 inline constexpr int64_t kMaxMessageBytes = 4 * 1024 * 1024;
 
@@ -41,6 +45,7 @@ enum class MsgType : uint32_t {
   Refused = 9,
   FinishedAck = 10,
   Drain = 11,
+  Batch = 12,
   ApiRequest = 20,
   ApiReply = 21,
   Event = 30,
@@ -112,9 +117,12 @@ struct Finished {
 };
 
 // master -> worker: the result of (instance, attempt) is applied; forget it.
+// `more` acknowledges further results in the same message: the master sends
+// one FINISHED_ACK per worker per committed turn, not one per result.
 struct FinishedAck {
   uint64_t instance = 0;
   uint32_t attempt = 0;
+  std::vector<RunningInstance> more;
 };
 
 // master -> worker: stop this instance (SIGTERM, then SIGKILL after grace).
@@ -155,6 +163,13 @@ struct ApiReply {
   nlohmann::json result;
 };
 
+// master <-> worker (protocol 1.1): several messages in one frame, each a
+// complete encoded message, to be handled in order. Sent only to a peer of
+// minor >= kBatchMinor; never nested.
+struct Batch {
+  std::vector<std::string> messages;
+};
+
 // master -> tap subscribers (PUB). Frame 1 is the type as topic, frame 2 this.
 struct Event {
   uint64_t seq = 0;
@@ -172,7 +187,7 @@ struct Event {
 };
 
 using Message = std::variant<Ready, Welcome, Heartbeat, Assign, Started, Finished, FinishedAck,
-                             Cancel, Disconnect, Refused, ApiRequest, ApiReply, Event, Drain>;
+                             Cancel, Disconnect, Refused, ApiRequest, ApiReply, Event, Drain, Batch>;
 
 MsgType type_of(const Message& m);
 
@@ -193,6 +208,24 @@ struct AssignView {
 };
 // The same bytes as encode(Assign{...}) with these fields.
 std::string encode_assign(const AssignView& a);
+// The same bytes as encode(Batch{...}) of these encoded messages, without
+// copying them into a Batch first.
+std::string encode_batch(std::span<const std::string> encoded);
+// Splits encoded messages into BATCH frames of at most about max_bytes each
+// (a message larger than that goes alone, as itself); one message stays as
+// it is. Calls send(frame) for each, in order.
+template <class Send>
+void send_batched(std::span<const std::string> encoded, size_t max_bytes, Send&& send) {
+  size_t begin = 0;
+  while (begin < encoded.size()) {
+    size_t end = begin, bytes = 0;
+    while (end < encoded.size() && (end == begin || bytes + encoded[end].size() <= max_bytes))
+      bytes += encoded[end++].size();
+    if (end - begin == 1) send(encoded[begin]);
+    else send(encode_batch(encoded.subspan(begin, end - begin)));
+    begin = end;
+  }
+}
 
 // Why a frame could not be decoded. VersionMismatch is well-formed enough to
 // answer with a Refused; everything else is dropped and counted.
@@ -206,8 +239,10 @@ struct DecodeError {
 };
 
 using Decoded = std::variant<Message, DecodeError>;
-Decoded decode(const void* data, size_t size);
-inline Decoded decode(std::string_view s) { return decode(s.data(), s.size()); }
+// `minor`, if given, is set to the sender's minor version when the frame
+// decodes.
+Decoded decode(const void* data, size_t size, uint32_t* minor = nullptr);
+inline Decoded decode(std::string_view s, uint32_t* minor = nullptr) { return decode(s.data(), s.size(), minor); }
 
 // Events as JSON objects (for `zforce tap --json` and tests).
 nlohmann::json event_to_json(const Event& e);

@@ -22,6 +22,8 @@ namespace zf {
 namespace {
 const char* kLocalEndpoint = "inproc://zforce-local-slots";
 const char* kLocalName = "master";
+// Messages gathered into one BATCH frame, at most (a bigger one goes alone).
+constexpr size_t kBatchBytes = 256 * 1024;
 
 std::string ms_string(Clock::duration d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
@@ -139,7 +141,7 @@ void Master::stop_local_worker() {
 // Held in the outbox until the turn is committed (end_turn): a member must
 // never run an assignment, nor drop a result, that the store does not know.
 bool Master::send_bytes_to(Member& m, std::string bytes) {
-  outbox_.push_back({m.socket, m.id, std::move(bytes), m.name});
+  outbox_.push_back({m.socket, m.id, std::move(bytes), m.name, 0, 0, m.reads_batches});
   m.last_sent = Clock::now();
   return true;
 }
@@ -162,7 +164,26 @@ std::shared_ptr<const InstanceSpec> Master::make_spec(const Job& job, std::map<s
   return spec;
 }
 
+void Master::queue_ack(const Member& m, uint64_t instance, uint32_t attempt) {
+  auto [it, first] = acks_.try_emplace(m.name);
+  if (first) {
+    it->second.instance = instance;
+    it->second.attempt = attempt;
+  } else {
+    it->second.more.push_back({instance, attempt});
+  }
+}
+
+void Master::send_acks() {
+  for (auto& [name, ack] : acks_) {
+    auto it = members_.find(name);
+    if (it != members_.end()) send_to(it->second, ack);
+  }
+  acks_.clear();
+}
+
 void Master::end_turn() {
+  send_acks();
   StoreWriter::Batch batch;
   if (writer_ && !dirty_.empty()) {
     batch.instances.reserve(dirty_.size());
@@ -228,18 +249,38 @@ void Master::end_turn() {
 
 void Master::send_outgoing(std::vector<Outgoing>& out) {
   std::set<std::string> unreachable;
-  for (const auto& o : out) {
+  auto check = [&](const Outgoing& o, const Status& s) {
+    if (!s.ok() && !o.member.empty() && !unreachable.count(o.member)) {
+      log::warn("cannot reach member '" + o.member + "': " + s.error().message);
+      unreachable.insert(o.member);
+    }
+  };
+  // What goes to members that read BATCH, gathered per member in order: one
+  // frame per member instead of one per message (schemas/PROTOCOL.md, BATCH).
+  struct Gathered {
+    const Outgoing* first;
+    std::vector<std::string> bytes;
+  };
+  std::vector<Gathered> gathered;
+  std::unordered_map<std::string_view, size_t> by_member;
+  for (auto& o : out) {
     if (o.assign_instance && !assign_still_current(o)) {
       log::info("ASSIGN of instance " + std::to_string(o.assign_instance) + " attempt " +
                 std::to_string(o.assign_attempt) + " to '" + o.member + "' not sent: that attempt has ended meanwhile");
       continue;
     }
-    auto s = send_multipart(*o.socket, {o.peer, o.bytes});
-    if (!s.ok() && !o.member.empty() && !unreachable.count(o.member)) {
-      log::warn("cannot reach member '" + o.member + "': " + s.error().message);
-      unreachable.insert(o.member);
+    if (o.batchable) {
+      auto [it, fresh] = by_member.try_emplace(o.member, gathered.size());
+      if (fresh) gathered.push_back({&o, {}});
+      gathered[it->second].bytes.push_back(std::move(o.bytes));
+      continue;
     }
+    check(o, send_multipart(*o.socket, {o.peer, o.bytes}));
   }
+  for (auto& g : gathered)
+    proto::send_batched(g.bytes, kBatchBytes, [&](const std::string& frame) {
+      check(*g.first, send_multipart(*g.first->socket, {g.first->peer, frame}));
+    });
   out.clear();
   // Their instances go back to the queue; the writes that takes belong to
   // the current turn.
@@ -395,7 +436,8 @@ void Master::release_due_retries(Clock::time_point now) {
   }
 }
 
-void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto::Ready& r, Clock::time_point now) {
+void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, uint32_t minor, proto::Ready& r,
+                      Clock::time_point now) {
   if (r.name != id) return refuse(s, id, "READY name '" + r.name + "' does not match the routing id");
   if (!local && r.name == kLocalName) return refuse(s, id, "the name 'master' is reserved for the master's own slots");
   if (r.slots == 0 || r.slots > 100000) return refuse(s, id, "slots must be between 1 and 100000");
@@ -411,6 +453,7 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
   m.socket = &s;
   m.tags = r.tags;
   m.version = r.version;
+  m.reads_batches = minor >= proto::kBatchMinor;
   m.last_seen = now;
   if (!is_present(m.state)) {
     m.slots = r.slots;
@@ -472,9 +515,9 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, proto
   dispatch_needed_ = true;
 }
 
-void Master::on_worker_message(zmq::socket_t& s, bool local, const std::string& id, proto::Message& msg,
-                               Clock::time_point now) {
-  if (auto* r = std::get_if<proto::Ready>(&msg)) return on_ready(s, local, id, *r, now);
+void Master::on_worker_message(zmq::socket_t& s, bool local, const std::string& id, uint32_t minor,
+                               proto::Message& msg, Clock::time_point now) {
+  if (auto* r = std::get_if<proto::Ready>(&msg)) return on_ready(s, local, id, minor, *r, now);
   auto it = members_.find(id);
   if (it == members_.end() || !is_present(it->second.state) || it->second.socket != &s) {
     // Before admission only READY is accepted. A well-formed message from a
@@ -516,25 +559,43 @@ void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
     }
     std::string id(view(parts[0]));
     if (!local && !admit_worker_frame(s, id, parts[1], now)) continue;
-    auto d = proto::decode(parts[1].data(), parts[1].size());
-    if (auto* err = std::get_if<proto::DecodeError>(&d)) {
-      uint64_t suppressed = 0;
-      bool say = bad_traffic_log_.allow(now, suppressed);
-      if (err->kind == proto::DecodeFailure::VersionMismatch) {
-        ++counters_.refused_version;
-        refuse(s, id, err->reason);
-        if (say) log::warn("refused a peer on the workers endpoint: " + err->reason);
-      } else {
-        ++counters_.malformed_workers;
-        if (say)
-          log::warn("dropped a malformed message on the workers endpoint: " + err->reason + " [" +
-                    proto::sanitize_sample(parts[1].data(), parts[1].size()) + "] (" + std::to_string(suppressed) +
-                    " more suppressed)");
-      }
-      continue;
-    }
-    on_worker_message(s, local, id, std::get<proto::Message>(d), now);
+    handle_worker_frame(s, local, id, parts[1].data(), parts[1].size(), false, now);
   }
+}
+
+void Master::handle_worker_frame(zmq::socket_t& s, bool local, const std::string& id, const void* data, size_t size,
+                                 bool in_batch, Clock::time_point now) {
+  uint32_t minor = 0;
+  auto d = proto::decode(data, size, &minor);
+  if (auto* err = std::get_if<proto::DecodeError>(&d)) {
+    uint64_t suppressed = 0;
+    bool say = bad_traffic_log_.allow(now, suppressed);
+    if (err->kind == proto::DecodeFailure::VersionMismatch) {
+      ++counters_.refused_version;
+      refuse(s, id, err->reason);
+      if (say) log::warn("refused a peer on the workers endpoint: " + err->reason);
+    } else {
+      ++counters_.malformed_workers;
+      if (say)
+        log::warn("dropped a malformed message on the workers endpoint" + std::string(in_batch ? " (in a BATCH)" : "") +
+                  ": " + err->reason + " [" + proto::sanitize_sample(data, size) + "] (" + std::to_string(suppressed) +
+                  " more suppressed)");
+    }
+    return;
+  }
+  auto& msg = std::get<proto::Message>(d);
+  if (auto* batch = std::get_if<proto::Batch>(&msg)) {
+    if (in_batch) {
+      ++counters_.malformed_workers;
+      uint64_t suppressed = 0;
+      if (bad_traffic_log_.allow(now, suppressed))
+        log::warn("dropped a BATCH inside a BATCH from '" + id + "' (" + std::to_string(suppressed) + " more suppressed)");
+      return;
+    }
+    for (const auto& part : batch->messages) handle_worker_frame(s, local, id, part.data(), part.size(), true, now);
+    return;
+  }
+  on_worker_message(s, local, id, minor, msg, now);
 }
 
 // ---- instances ---------------------------------------------------------------
@@ -610,7 +671,7 @@ void Master::on_started(Member& m, const proto::Started& s) {
 
 void Master::on_finished(Member& m, const proto::Finished& f) {
   // Acknowledge every result, applied or not, so the worker stops resending it.
-  send_to(m, proto::FinishedAck{f.instance, f.attempt});
+  queue_ack(m, f.instance, f.attempt);
   auto it = instances_.find(f.instance);
   if (it == instances_.end() || it->second.member != m.name || it->second.attempt != f.attempt ||
       (it->second.state != InstanceState::Assigned && it->second.state != InstanceState::Running)) {

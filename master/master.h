@@ -75,6 +75,7 @@ struct Member {
   uint32_t slots = 0;
   std::vector<std::string> tags;
   std::string version;
+  bool reads_batches = false;  // its READY was protocol 1.1 or later: BATCH frames go to it
   std::set<uint64_t> in_flight;
   Clock::time_point last_seen{};
   Clock::time_point last_sent{};
@@ -166,15 +167,20 @@ class Master {
   void start_local_worker();
   void stop_local_worker();
   void drain_worker_socket(zmq::socket_t& s, bool local);
+  // One frame from a member (or one message of its BATCH): decoded, counted
+  // if bad, handled if good.
+  void handle_worker_frame(zmq::socket_t& s, bool local, const std::string& id, const void* data, size_t size,
+                           bool in_batch, Clock::time_point now);
   void drain_api_socket();
   void on_timer(Clock::time_point now);
   Clock::time_point next_wakeup(Clock::time_point now) const;
   void shut_down();
 
   // --- members
-  void on_worker_message(zmq::socket_t& s, bool local, const std::string& id, proto::Message& m,
+  void on_worker_message(zmq::socket_t& s, bool local, const std::string& id, uint32_t minor, proto::Message& m,
                          Clock::time_point now);
-  void on_ready(zmq::socket_t& s, bool local, const std::string& id, proto::Ready& r, Clock::time_point now);
+  void on_ready(zmq::socket_t& s, bool local, const std::string& id, uint32_t minor, proto::Ready& r,
+                Clock::time_point now);
   void member_event(Member& m, MemberEvent e);
   void release_member_instances(Member& m);
   template <class T>
@@ -318,8 +324,15 @@ class Master {
     // that re-registered meanwhile): a stale ASSIGN would start a copy.
     uint64_t assign_instance = 0;
     uint32_t assign_attempt = 0;
+    bool batchable = false;  // a member that reads BATCH: goes out with its other messages in one frame
   };
   std::vector<Outgoing> outbox_;
+  // Results acknowledged in this turn, by member name: end_turn sends them
+  // as one FINISHED_ACK per member (a member gone meanwhile gets none; it
+  // sends its results again when it comes back).
+  std::map<std::string, proto::FinishedAck> acks_;
+  void queue_ack(const Member& m, uint64_t instance, uint32_t attempt);
+  void send_acks();
   // Sends; members found unreachable are dropped (writes of the current turn).
   void send_outgoing(std::vector<Outgoing>& out);
   // Whether an ASSIGN held since its turn still starts the current attempt.

@@ -8,7 +8,8 @@
 #   scripts/bench.sh            full run (100,000 noop instances per run, 1,000,000 queued)
 #   scripts/bench.sh --quick    under 2 minutes (20,000 noop instances per run, 200,000 queued)
 #
-# Environment: ZFORCE_BUILD (build folder, default build), BENCH_SLOTS (slots
+# Environment: ZFORCE_BUILD (build folder, default build-release, configured
+# with --buildtype=release if it does not exist), BENCH_SLOTS (slots
 # per worker for processes, default 2: the cores), BENCH_NOOP_SLOTS (slots per
 # worker for noop, default 64), BENCH_RUNS (runs per figure, default 3).
 #
@@ -30,7 +31,7 @@ for a in "$@"; do
   esac
 done
 
-B=${ZFORCE_BUILD:-build}
+B=${ZFORCE_BUILD:-build-release}
 SLOTS=${BENCH_SLOTS:-2}
 NOOP_SLOTS=${BENCH_NOOP_SLOTS:-64}
 RUNS=${BENCH_RUNS:-3}
@@ -47,7 +48,8 @@ SIM_WORKERS=1000
 LAT_N=2000
 PAR=$((2 * SLOTS))  # the workers' total slots
 
-if [ ! -f "$B/build.ninja" ]; then scripts/setup.sh; fi
+scripts/setup.sh --no-build  # the packages; the figures come from a release build
+[ -f "$B/build.ninja" ] || meson setup "$B" --buildtype=release >/dev/null
 ninja -C "$B" >/dev/null || { ninja -C "$B"; exit 1; }
 for b in master/zforce-master worker/zforce-worker client/zforce bench/zforce-bench-latency bench/zforce-bench-bare-spawn \
   bench/zforce-bench-dispatch bench/zforce-bench-sim-workers; do
@@ -185,10 +187,10 @@ echo "latency_p99_ms: $(median "${p99[@]}")"
 first=("${pids[@]}")
 for ((i = ${#first[@]} - 1; i >= 0; i--)); do stop_pid "${first[i]}"; done
 
-# start_master DIR: a master like the one above, with its data in DIR; sets
-# API, EVENTS, WORKERS (so zf talks to it) and m_pid.
+# start_master DIR [OPTION...]: a master like the one above, with its data in
+# DIR and the options given; sets API, EVENTS, WORKERS (so zf talks to it) and m_pid.
 start_master() {
-  "$B/master/zforce-master" --data "$1" --local-slots 0 \
+  "$B/master/zforce-master" --data "$1" "${@:2}" --local-slots 0 \
     --workers 'tcp://127.0.0.1:*' --api 'tcp://127.0.0.1:*' --events 'tcp://127.0.0.1:*' 2>"$1.log" &
   m_pid=$!
   pids+=("$m_pid")
@@ -218,6 +220,28 @@ fill() {
     left=$((left - c))
   done
 }
+
+# --- latency when commits do not wait for the disk ------------------------------
+# The same probe against a master started with --sync normal: what it
+# acknowledges survives kill -9 of the master, not a power loss (the default,
+# --sync full, waits for fdatasync twice per instance: at submission and at
+# the end; docs/durability.md).
+start_master "$tmp/sync-normal" --sync normal
+"$B/worker/zforce-worker" --master "$WORKERS" --name n1 --slots "$NOOP_SLOTS" 2>"$tmp/worker-n1.log" &
+n1_pid=$!
+pids+=("$n1_pid")
+for _ in $(seq 200); do [ "$(active_members)" -ge 1 ] && break; sleep 0.05; done
+p50n=() p99n=()
+for r in $(seq "$RUNS"); do
+  lat=$("$B/bench/zforce-bench-latency" --api "$API" --events "$EVENTS" --job bench-noop --count "$LAT_N")
+  p50n+=("$(sed -n 's/^latency_p50_ms: //p' <<<"$lat")")
+  p99n+=("$(sed -n 's/^latency_p99_ms: //p' <<<"$lat")")
+  note "run $r, --sync normal: latency p50 ${p50n[-1]} p99 ${p99n[-1]} ms ($LAT_N)"
+done
+echo "latency_p50_ms_sync_normal: $(median "${p50n[@]}")"
+echo "latency_p99_ms_sync_normal: $(median "${p99n[@]}")"
+stop_pid "$n1_pid"
+stop_pid "$m_pid"
 
 # --- a backlog: memory and dispatch rate with Q instances waiting --------------
 # backlog_run Q: a fresh master, Q noop instances submitted with no worker

@@ -196,7 +196,7 @@ TEST_CASE("a worker of another protocol version is refused with a reason") {
   REQUIRE(std::holds_alternative<zf::proto::Message>(dec));
   auto* refused = std::get_if<zf::proto::Refused>(&std::get<zf::proto::Message>(dec));
   REQUIRE(refused != nullptr);
-  CHECK(refused->reason == "protocol version 2.0 is not supported (this side speaks 1.0)");
+  CHECK(refused->reason == "protocol version 2.0 is not supported (this side speaks 1.1)");
   auto w = json::parse(c.zforce({"--json", "workers"}).out);
   CHECK(w["workers"].empty());
   CHECK(stats(c)["refused_version"] == 1);
@@ -214,6 +214,106 @@ TEST_CASE("a worker of another protocol version is refused with a reason") {
   REQUIRE(std::holds_alternative<zf::proto::Message>(dec2));
   CHECK(std::holds_alternative<zf::proto::Disconnect>(std::get<zf::proto::Message>(dec2)));
   CHECK(json::parse(c.zforce({"--json", "workers"}).out)["workers"].empty());
+}
+
+namespace {
+
+// A worker spoken by hand on a DEALER: READY with the given protocol minor.
+std::unique_ptr<zmq::socket_t> raw_worker(zmq::context_t& ctx, Cluster& c, const std::string& name, int minor) {
+  auto d = std::make_unique<zmq::socket_t>(ctx, zmq::socket_type::dealer);
+  d->set(zmq::sockopt::routing_id, name);
+  d->set(zmq::sockopt::linger, 0);
+  d->set(zmq::sockopt::rcvtimeo, 10000);
+  d->connect(c.workers_endpoint());
+  json ready = json::array({"ZF", 1, minor, 1,
+                            {{"name", name}, {"slots", 8}, {"tags", json::array()}, {"version", "by hand"},
+                             {"running", json::array()}}});
+  auto bytes = json::to_msgpack(ready);
+  d->send(zmq::buffer(bytes));
+  return d;
+}
+
+struct Assigned {
+  int assigns = 0;
+  int batches = 0;
+  std::vector<zf::proto::Assign> list;
+};
+
+// Reads frames until `want` ASSIGNs came (opening BATCHes); a frame that does
+// not decode, or no frame within the socket's timeout, fails the test.
+Assigned read_assigns(zmq::socket_t& d, int want) {
+  using namespace zf::proto;
+  Assigned got;
+  zmq::message_t m;
+  while (got.assigns < want) {
+    REQUIRE(d.recv(m));
+    auto dec = decode(m.data(), m.size());
+    REQUIRE(std::holds_alternative<Message>(dec));
+    std::vector<Message> msgs;
+    if (auto* b = std::get_if<Batch>(&std::get<Message>(dec))) {
+      ++got.batches;
+      for (const auto& part : b->messages) {
+        auto inner = decode(part);
+        REQUIRE(std::holds_alternative<Message>(inner));
+        msgs.push_back(std::get<Message>(inner));
+      }
+    } else {
+      msgs.push_back(std::get<Message>(dec));
+    }
+    for (auto& x : msgs)
+      if (auto* a = std::get_if<Assign>(&x)) {
+        ++got.assigns;
+        got.list.push_back(*a);
+      }
+  }
+  return got;
+}
+
+bool member_active(Cluster& c, const std::string& name) {
+  const json all = json::parse(c.zforce({"--json", "workers"}).out);
+  for (const auto& w : all["workers"])
+    if (w["name"] == name && w["state"] == "active") return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("BATCH goes only to workers of protocol 1.1; in a BATCH, bad messages are dropped and counted, the rest "
+          "handled") {
+  using namespace zf::proto;
+  Cluster c;
+  c.start_master();
+  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  zmq::context_t ctx(1);
+
+  auto old = raw_worker(ctx, c, "old", 0);
+  REQUIRE(c.wait_for([&] { return member_active(c, "old"); }, 10s));
+  REQUIRE(c.zforce({"run", "n", "--count", "8"}).exit_code == 0);
+  auto to_old = read_assigns(*old, 8);
+  CHECK(to_old.batches == 0);  // a 1.0 worker gets one message per frame
+
+  auto fresh = raw_worker(ctx, c, "new", static_cast<int>(kMinor));
+  REQUIRE(c.wait_for([&] { return member_active(c, "new"); }, 10s));
+  // "old" has its 8 slots taken: these 8 go to "new", in one turn.
+  REQUIRE(c.zforce({"run", "n", "--count", "8"}).exit_code == 0);
+  auto to_new = read_assigns(*fresh, 8);
+  CHECK(to_new.batches >= 1);
+
+  const auto& first = to_new.list.front();
+  const auto before = stats(c)["malformed_workers"].get<int>();
+  std::vector<std::string> parts = {"not a message", encode(Heartbeat{}), encode(Batch{{encode(Heartbeat{})}}),
+                                    encode(Started{first.instance, first.attempt})};
+  auto frame = encode_batch(parts);
+  fresh->send(zmq::buffer(frame));
+  // The STARTED after the two bad ones is handled.
+  REQUIRE(c.wait_for(
+      [&] {
+        auto show = json::parse(c.zforce({"--json", "instance", "show", std::to_string(first.instance)}).out);
+        return show["state"] == "running";
+      },
+      10s));
+  CHECK(stats(c)["malformed_workers"].get<int>() == before + 2);  // the garbage and the nested BATCH
 }
 
 TEST_CASE("the master refuses to bind a non-loopback address without --insecure") {

@@ -351,6 +351,36 @@ TEST_CASE("workers with 1,000 slots each send every result of a 30,000-instance 
   CHECK(st["late_results"] == 0);
 }
 
+// The master acknowledges the results of a turn with one FINISHED_ACK per
+// worker (`more`); the worker must forget every one of them, or it sends them
+// again after the next WELCOME, where they are stale and counted.
+TEST_CASE("results acknowledged together are all forgotten: after a master restart none is sent again") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  c.start_worker("w1", 200);
+  REQUIRE(all_members_joined(c, 1));
+  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  auto r = c.zforce({"run", "n", "--count", "2000", "--wait"}, 120s);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == "2000 instances: 2000 succeeded\n");
+  // The last acknowledgements leave with the reply to --wait; give the worker
+  // a moment to read them before the master goes.
+  std::this_thread::sleep_for(500ms);
+  c.kill_master();
+  c.restart_master();
+  REQUIRE(c.wait_for(
+      [&] { return c.zforce({"--json", "workers"}).out.find("\"state\":\"active\"") != std::string::npos; }, 15s));
+  // The worker resends what it still holds right after WELCOME, before it
+  // reads this ASSIGN on the same connection: once this instance's result is
+  // in, any resent one has been counted.
+  auto one = c.zforce({"run", "n", "--wait"}, 60s);
+  REQUIRE(one.exit_code == 0);
+  auto st = parse_ok(c.zforce({"--json", "stats"}));
+  CHECK(st["late_results"] == 0);
+}
+
 TEST_CASE("without a store, instances lists the newest from memory, oldest of them first") {
   Cluster c;
   c.start_master({"--no-store"});

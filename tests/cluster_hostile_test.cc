@@ -43,7 +43,8 @@ std::vector<std::string> worker_bases() {
   f.attempt = 1;
   f.status = "succeeded";
   f.output = "hello";
-  return {encode(Heartbeat{}), encode(Started{7, 1}), encode(f), encode(FinishedAck{1, 1})};
+  std::vector<std::string> batched = {encode(Heartbeat{}), encode(Started{7, 1}), encode(f)};
+  return {encode(Heartbeat{}), encode(Started{7, 1}), encode(f), encode(FinishedAck{1, 1, {}}), encode_batch(batched)};
 }
 
 std::vector<std::string> api_bases() {

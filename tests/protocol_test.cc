@@ -140,7 +140,16 @@ TEST_CASE("every message round-trips and matches its schema") {
   CHECK(rf.failed_step == 1);
   check_against_schema(f, "finished");
 
-  check_against_schema(FinishedAck{9, 2}, "finished_ack");
+  check_against_schema(FinishedAck{9, 2, {}}, "finished_ack");
+  // Several results acknowledged by one message; the single form has no `more`.
+  FinishedAck many{9, 2, {{10, 1}, {11, 3}}};
+  check_against_schema(many, "finished_ack");
+  auto rm = std::get<FinishedAck>(round_trip(many));
+  CHECK(rm.instance == 9);
+  REQUIRE(rm.more.size() == 2);
+  CHECK(rm.more[1].instance == 11);
+  CHECK(rm.more[1].attempt == 3);
+  CHECK(encode(FinishedAck{9, 2, {}}).find("more") == std::string::npos);
   check_against_schema(Cancel{9, 2}, "cancel");
   CHECK(std::get<Cancel>(round_trip(Cancel{9, 2})).attempt == 2);
   check_against_schema(Disconnect{"bye"}, "disconnect");
@@ -190,8 +199,41 @@ TEST_CASE("every message type has a schema file and the numbers agree") {
       {"assign", MsgType::Assign},       {"started", MsgType::Started},   {"finished", MsgType::Finished},
       {"finished_ack", MsgType::FinishedAck}, {"cancel", MsgType::Cancel}, {"disconnect", MsgType::Disconnect},
       {"refused", MsgType::Refused},     {"api_request", MsgType::ApiRequest}, {"api_reply", MsgType::ApiReply},
-      {"event", MsgType::Event},         {"drain", MsgType::Drain}};
+      {"event", MsgType::Event},         {"drain", MsgType::Drain},       {"batch", MsgType::Batch}};
   for (const auto& [name, type] : files) CHECK(load_schema(name)["x-zforce-type"] == static_cast<uint32_t>(type));
+}
+
+TEST_CASE("a BATCH carries encoded messages in order; send_batched splits by size and leaves one message alone") {
+  std::vector<std::string> parts = {encode(Started{1, 1}), encode(FinishedAck{2, 1, {{3, 1}}}), encode(Heartbeat{})};
+  Batch b{parts};
+  check_against_schema(b, "batch");
+  CHECK(encode_batch(parts) == encode(b));
+  uint32_t minor = 99;
+  auto d = decode(encode_batch(parts), &minor);
+  REQUIRE(std::holds_alternative<Message>(d));
+  CHECK(minor == kMinor);
+  const auto& back = std::get<Batch>(std::get<Message>(d));
+  CHECK(back.messages == parts);
+  CHECK(std::get<FinishedAck>(std::get<Message>(decode(back.messages[1]))).more[0].instance == 3);
+
+  // An empty BATCH is malformed.
+  CHECK(std::holds_alternative<DecodeError>(decode(encode(Batch{}))));
+
+  std::vector<std::string> frames;
+  auto collect = [&](const std::string& f) { frames.push_back(f); };
+  send_batched(std::span(parts).first(1), 1 << 20, collect);
+  REQUIRE(frames.size() == 1);
+  CHECK(frames[0] == parts[0]);  // one message is sent as itself
+  frames.clear();
+  send_batched(parts, 1 << 20, collect);
+  REQUIRE(frames.size() == 1);
+  CHECK(frames[0] == encode_batch(parts));
+  frames.clear();
+  // At most about max_bytes per frame: here two messages fit, then one alone.
+  send_batched(parts, parts[0].size() + parts[1].size(), collect);
+  REQUIRE(frames.size() == 2);
+  CHECK(frames[0] == encode_batch(std::span(parts).first(2)));
+  CHECK(frames[1] == parts[2]);
 }
 
 TEST_CASE("a peer of another major version is recognised, with a reason") {

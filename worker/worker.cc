@@ -11,6 +11,8 @@ namespace zf {
 
 namespace {
 const char* kVersion = "zforce 0.1.0";
+// Messages gathered into one BATCH frame, at most (a bigger one goes alone).
+constexpr size_t kBatchBytes = 256 * 1024;
 }
 
 Worker::Worker(zmq::context_t& ctx, WorkerOptions options)
@@ -75,7 +77,9 @@ void Worker::drop_socket() {
   socket_.reset();
   // What a new connection needs is sent again: READY lists what runs,
   // unacknowledged results follow WELCOME.
+  pending_.clear();
   outbox_.clear();
+  master_reads_batches_ = false;
 }
 
 void Worker::reconnect_after_backoff(Clock::time_point now) {
@@ -128,9 +132,20 @@ void Worker::on_handshake_events(Clock::time_point now) {
 
 void Worker::send(const proto::Message& m) {
   if (!socket_) return;
-  outbox_.push_back(proto::encode(m));
-  flush_outbox();
+  pending_.push_back(proto::encode(m));
+  if (!std::holds_alternative<proto::Started>(m) && !std::holds_alternative<proto::Finished>(m)) flush_pending();
   last_sent_ = Clock::now();
+}
+
+void Worker::flush_pending() {
+  if (pending_.empty()) return;
+  if (master_reads_batches_) {
+    proto::send_batched(pending_, kBatchBytes, [&](const std::string& frame) { outbox_.push_back(frame); });
+  } else {
+    for (auto& m : pending_) outbox_.push_back(std::move(m));
+  }
+  pending_.clear();
+  flush_outbox();
 }
 
 // DEALER queues while the TCP link is down; a send fails only at the HWM, and
@@ -190,6 +205,36 @@ void Worker::start(proto::Assign a, Clock::time_point now) {
   send(proto::Started{id, attempt});
 }
 
+void Worker::handle_frame(const void* data, size_t size, bool in_batch, Clock::time_point now) {
+  uint32_t minor = 0;
+  auto d = proto::decode(data, size, &minor);
+  if (auto* err = std::get_if<proto::DecodeError>(&d)) {
+    ++malformed_;
+    log::warn("undecodable message from the master dropped: " + err->reason);
+    if (err->kind == proto::DecodeFailure::VersionMismatch) {
+      log::error("the master speaks another protocol version: " + err->reason);
+      drop_socket();
+      apply(LinkEvent::Refused);
+    }
+    return;
+  }
+  auto& m = std::get<proto::Message>(d);
+  if (auto* batch = std::get_if<proto::Batch>(&m)) {
+    if (in_batch) {
+      ++malformed_;
+      log::warn("a BATCH inside a BATCH from the master dropped");
+      return;
+    }
+    for (const auto& part : batch->messages) {
+      if (!socket_) return;  // a message of the batch dropped the link
+      handle_frame(part.data(), part.size(), true, now);
+    }
+    return;
+  }
+  if (std::holds_alternative<proto::Welcome>(m)) master_reads_batches_ = minor >= proto::kBatchMinor;
+  handle_message(m, now);
+}
+
 void Worker::handle_message(proto::Message& m, Clock::time_point now) {
   last_recv_ = now;
   if (const auto* w = std::get_if<proto::Welcome>(&m)) {
@@ -227,8 +272,12 @@ void Worker::handle_message(proto::Message& m, Clock::time_point now) {
       it->second->stop(now);
     }
   } else if (const auto* ack = std::get_if<proto::FinishedAck>(&m)) {
-    auto it = unacked_.find(ack->instance);
-    if (it != unacked_.end() && it->second.attempt == ack->attempt) unacked_.erase(it);
+    auto forget = [&](uint64_t instance, uint32_t attempt) {
+      auto it = unacked_.find(instance);
+      if (it != unacked_.end() && it->second.attempt == attempt) unacked_.erase(it);
+    };
+    forget(ack->instance, ack->attempt);
+    for (const auto& a : ack->more) forget(a.instance, a.attempt);
   } else if (const auto* dr = std::get_if<proto::Drain>(&m)) {
     begin_drain("the master asked: " + dr->reason);
   } else if (const auto* d = std::get_if<proto::Disconnect>(&m)) {
@@ -339,6 +388,7 @@ int Worker::run() {
     if (state_ == LinkState::Backoff && now >= backoff_until_) apply(LinkEvent::BackoffOver);
     if (state_ == LinkState::Disconnected) connect();
 
+    flush_pending();
     items.clear();
     if (socket_)
       items.push_back({socket_->handle(), 0, static_cast<short>(ZMQ_POLLIN | (outbox_.empty() ? 0 : ZMQ_POLLOUT)), 0});
@@ -377,18 +427,7 @@ int Worker::run() {
           ++malformed_;
           continue;
         }
-        auto d = proto::decode(parts[0].data(), parts[0].size());
-        if (auto* err = std::get_if<proto::DecodeError>(&d)) {
-          ++malformed_;
-          log::warn("undecodable message from the master dropped: " + err->reason);
-          if (err->kind == proto::DecodeFailure::VersionMismatch) {
-            log::error("the master speaks another protocol version: " + err->reason);
-            drop_socket();
-            apply(LinkEvent::Refused);
-          }
-          continue;
-        }
-        handle_message(std::get<proto::Message>(d), now);
+        handle_frame(parts[0].data(), parts[0].size(), false, now);
       }
     }
     if (socket_ && (items[0].revents & ZMQ_POLLOUT)) flush_outbox();

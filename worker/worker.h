@@ -59,8 +59,14 @@ class Worker {
   // libzmq does not retry on the same socket.
   void reconnect_after_backoff(Clock::time_point now);
   void on_handshake_events(Clock::time_point now);
+  // STARTED and FINISHED wait in pending_ until the loop is about to poll,
+  // so that one iteration's go out as one BATCH; any other message goes at
+  // once, after them.
   void send(const proto::Message& m);
+  void flush_pending();
   void flush_outbox();
+  // One frame from the master (or one message of its BATCH).
+  void handle_frame(const void* data, size_t size, bool in_batch, Clock::time_point now);
   void handle_message(proto::Message& m, Clock::time_point now);
   void on_assign(proto::Assign a, Clock::time_point now);
   void start(proto::Assign a, Clock::time_point now);
@@ -93,7 +99,11 @@ class Worker {
   std::map<uint64_t, proto::Assign> superseding_;
   // Results not yet acknowledged by the master, resent after a reconnect.
   std::map<uint64_t, proto::Finished> unacked_;
-  // Encoded messages the socket would not take yet (its HWM was reached), oldest first.
+  // Encoded messages of this iteration not yet handed to the socket.
+  std::vector<std::string> pending_;
+  // Whether the master reads BATCH (its WELCOME was protocol 1.1 or later).
+  bool master_reads_batches_ = false;
+  // Encoded frames the socket would not take yet (its HWM was reached), oldest first.
   std::deque<std::string> outbox_;
   bool outbox_full_logged_ = false;
   uint64_t malformed_ = 0;

@@ -2,9 +2,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,37 +53,136 @@ class FdGuard {
   int fd_;
 };
 
-class SpawnAttrs {
- public:
-  SpawnAttrs() { ok_ = posix_spawnattr_init(&attr_) == 0; }
-  ~SpawnAttrs() {
-    if (ok_) posix_spawnattr_destroy(&attr_);
-  }
-  SpawnAttrs(const SpawnAttrs&) = delete;
-  SpawnAttrs& operator=(const SpawnAttrs&) = delete;
-  bool ok() const { return ok_; }
-  posix_spawnattr_t* get() { return &attr_; }
-
- private:
-  posix_spawnattr_t attr_;
-  bool ok_;
+// What the child needs between clone() and exec, all built by the parent
+// beforehand: the child shares the parent's memory and must not allocate,
+// lock or touch anything but its own syscalls.
+struct ChildPlan {
+  // execve is tried on each in turn (the PATH search, done as execvp does).
+  std::vector<const char*> candidates;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  const char* cwd = nullptr;  // nullptr: stay in the worker's directory
+  int output_fd = -1;         // the pipe's write end: stdout and stderr
+  // Written by the child when it fails before the program runs; the parent
+  // reads them once clone() has returned (the child has exec'd or exited).
+  int error = 0;
+  bool chdir_failed = false;
 };
 
-class FileActions {
- public:
-  FileActions() { ok_ = posix_spawn_file_actions_init(&actions_) == 0; }
-  ~FileActions() {
-    if (ok_) posix_spawn_file_actions_destroy(&actions_);
+// The child side of spawn(): runs on a stack of its own, in the parent's
+// memory, with every signal blocked; ends in exec or _exit(127).
+[[noreturn]] void child_fails(ChildPlan* plan, bool in_chdir) {
+  plan->error = errno;
+  plan->chdir_failed = in_chdir;
+  _exit(127);
+}
+
+int run_child(void* arg) {
+  auto* plan = static_cast<ChildPlan*>(arg);
+  auto fail = [plan](bool in_chdir) { child_fails(plan, in_chdir); };
+  // Its own process group, so the whole step can be signalled at once.
+  if (::setpgid(0, 0) == -1) fail(false);
+  // Output first, then stdin: if the worker runs with 0, 1 or 2 closed, the
+  // pipe may itself sit on one of them, and must be duplicated before that
+  // slot is reused for /dev/null. A dup2 onto the same number keeps
+  // close-on-exec, so that case clears it by hand.
+  for (int target : {1, 2}) {
+    if (plan->output_fd == target) {
+      if (::fcntl(target, F_SETFD, 0) == -1) fail(false);
+    } else if (::dup2(plan->output_fd, target) == -1) {
+      fail(false);
+    }
   }
-  FileActions(const FileActions&) = delete;
-  FileActions& operator=(const FileActions&) = delete;
-  bool ok() const { return ok_; }
-  posix_spawn_file_actions_t* get() { return &actions_; }
+  const int null_fd = ::open("/dev/null", O_RDONLY);
+  if (null_fd == -1) fail(false);
+  if (null_fd != 0) {
+    if (::dup2(null_fd, 0) == -1) fail(false);
+  }
+  // Close-on-exec covers our own fds; this also drops any a library or our
+  // parent left inheritable, so a step sees only 0, 1 and 2.
+  if (::close_range(3, ~0U, 0) == -1) fail(false);
+  if (plan->cwd != nullptr && ::chdir(plan->cwd) == -1) fail(true);
+  // A step starts as if from a fresh shell: every disposition default (an
+  // ignored signal would stay ignored across exec, and no handler of the
+  // worker may run in this child, which shares its memory), nothing blocked.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    ::sigaction(sig, &dfl, nullptr);  // glibc's own signals refuse: harmless
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  // The PATH search of execvp, without its fallback to /bin/sh for a file
+  // that is not a program (posix_spawnp drops that fallback too): a
+  // permission error is kept while later directories are tried, a missing
+  // file moves on, anything else stops the search.
+  bool denied = false;
+  for (const char* path : plan->candidates) {
+    ::execve(path, plan->argv, plan->envp);
+    switch (errno) {
+      case EACCES: denied = true; [[fallthrough]];
+      case ENOENT: case ENOTDIR: case ESTALE: case ENODEV: case ETIMEDOUT: continue;
+      default: fail(false);
+    }
+  }
+  if (denied) errno = EACCES;
+  child_fails(plan, false);
+}
+
+// The child's stack: one per thread that spawns, mapped once with a guard
+// page below it and reused for every spawn (posix_spawn maps and unmaps one
+// per call, and the unmap costs a TLB shootdown on every core this
+// multi-threaded process has run on). The child only runs run_child(), a
+// few hundred bytes deep.
+class ChildStack {
+ public:
+  static constexpr std::size_t kSize = 64 * 1024;
+  ChildStack() {
+    const long page = ::sysconf(_SC_PAGESIZE);
+    guard_ = static_cast<std::size_t>(page > 0 ? page : 4096);
+    void* p = ::mmap(nullptr, kSize + guard_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (p == MAP_FAILED) return;
+    if (::mprotect(p, guard_, PROT_NONE) == -1) {
+      ::munmap(p, kSize + guard_);
+      return;
+    }
+    base_ = static_cast<char*>(p);
+  }
+  ~ChildStack() {
+    if (base_ != nullptr) ::munmap(base_, kSize + guard_);
+  }
+  ChildStack(const ChildStack&) = delete;
+  ChildStack& operator=(const ChildStack&) = delete;
+  // nullptr if it could not be mapped.
+  void* top() const { return base_ == nullptr ? nullptr : base_ + guard_ + kSize; }
 
  private:
-  posix_spawn_file_actions_t actions_;
-  bool ok_;
+  char* base_ = nullptr;
+  std::size_t guard_ = 0;
 };
+
+// The directories of the worker's PATH joined with program, in order, as
+// posix_spawnp and execvp search them; program itself if it has a '/'.
+std::vector<std::string> exec_candidates(const std::string& program) {
+  if (program.find('/') != std::string::npos) return {program};
+  const char* path = ::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/bin:/usr/bin";
+  std::vector<std::string> out;
+  while (true) {
+    const auto colon = dirs.find(':');
+    std::string_view dir = dirs.substr(0, colon);
+    // An empty entry is the current directory.
+    std::string c = dir.empty() ? std::string() : std::string(dir) + "/";
+    c += program;
+    out.push_back(std::move(c));
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  return out;
+}
 
 bool has_nul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
 
@@ -111,17 +210,6 @@ Result<std::vector<std::string>> build_environment(const SpawnSpec& spec) {
     if (!replaced) env.push_back(std::move(entry));
   }
   return env;
-}
-
-// posix_spawnp reports a failed chdir and a failed exec with the same kind of
-// errno; look at the directory to tell the operator which one it was.
-std::optional<int> cwd_problem(const std::string& cwd) {
-  if (cwd.empty()) return std::nullopt;
-  struct stat st {};
-  if (::stat(cwd.c_str(), &st) == -1) return errno;
-  if (!S_ISDIR(st.st_mode)) return ENOTDIR;
-  if (::faccessat(AT_FDCWD, cwd.c_str(), X_OK, AT_EACCESS) == -1) return errno;
-  return std::nullopt;
 }
 
 ExitStatus exit_status_from(const siginfo_t& info) {
@@ -167,59 +255,46 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     return fail("pipe: " + errno_text(errno));
   }
 
-  SpawnAttrs attrs;
-  FileActions actions;
-  if (!attrs.ok() || !actions.ok()) return fail("out of memory");
+  const std::vector<std::string> candidates = exec_candidates(program);
+  ChildPlan plan;
+  plan.candidates.reserve(candidates.size());
+  for (const auto& c : candidates) plan.candidates.push_back(c.c_str());
+  plan.argv = argv_ptrs.data();
+  plan.envp = env_ptrs.data();
+  plan.cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str();
+  plan.output_fd = write_end.get();
 
-  // The worker may block or ignore signals for its own reasons; a step starts
-  // as if from a fresh shell: nothing blocked, every disposition default.
-  sigset_t empty_set;
+  thread_local ChildStack stack;
+  if (stack.top() == nullptr) return fail("cannot map a stack for the child: " + errno_text(ENOMEM));
+
+  // What posix_spawn does, minus its per-call stack: the child shares our
+  // memory (nothing is copied, whatever the worker's size) and this thread
+  // waits until it has exec'd or failed, so a missing program or a failed
+  // chdir is reported here, with no child left over. Signals stay blocked
+  // meanwhile so that no handler of ours runs on the child's side.
+  // CLONE_PIDFD hands over the pidfd with the process: no window in which
+  // the child could exit and be reaped by someone else first.
   sigset_t all_signals;
-  sigemptyset(&empty_set);
+  sigset_t old_mask;
   sigfillset(&all_signals);
-  int rc = posix_spawnattr_setflags(
-      attrs.get(), POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  if (rc == 0) rc = posix_spawnattr_setpgroup(attrs.get(), 0);
-  if (rc == 0) rc = posix_spawnattr_setsigmask(attrs.get(), &empty_set);
-  if (rc == 0) rc = posix_spawnattr_setsigdefault(attrs.get(), &all_signals);
-
-  // Output first, then stdin: if the worker runs with 0, 1 or 2 closed, the
-  // pipe may itself sit on one of them, and must be duplicated before that
-  // slot is reused for /dev/null. glibc clears close-on-exec on a dup2 onto
-  // the same number.
-  if (rc == 0) rc = posix_spawn_file_actions_adddup2(actions.get(), write_end.get(), 1);
-  if (rc == 0) rc = posix_spawn_file_actions_adddup2(actions.get(), write_end.get(), 2);
-  if (rc == 0) {
-    rc = posix_spawn_file_actions_addopen(actions.get(), 0, "/dev/null", O_RDONLY, 0);
-  }
-  // Close-on-exec covers our own fds; this also drops any a library or our
-  // parent left inheritable, so a step sees only 0, 1 and 2.
-  if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(actions.get(), 3);
-  if (rc == 0 && !spec.cwd.empty()) {
-    rc = posix_spawn_file_actions_addchdir_np(actions.get(), spec.cwd.c_str());
-  }
-  if (rc != 0) return fail("preparing to spawn: " + errno_text(rc));
-
-  // glibc's posix_spawnp waits until the child has exec'd, so a missing
-  // program or a failed chdir is reported here, with no child left over.
-  pid_t pid = -1;
-  rc = ::posix_spawnp(&pid, program.c_str(), actions.get(), attrs.get(), argv_ptrs.data(),
-                      env_ptrs.data());
-  if (rc != 0) {
-    if (auto err = cwd_problem(spec.cwd)) {
-      return fail("working directory '" + spec.cwd + "': " + errno_text(*err));
-    }
-    return fail(errno_text(rc));
-  }
+  ::pthread_sigmask(SIG_SETMASK, &all_signals, &old_mask);
+  int pidfd = -1;
+  const pid_t pid = ::clone(run_child, stack.top(), CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+  const int clone_error = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  if (pid == -1) return fail("clone: " + errno_text(clone_error));
   write_end.reset();
 
-  const int pidfd = ::pidfd_open(pid, 0);
-  if (pidfd == -1) {
-    const int err = errno;
-    ::kill(-pid, SIGKILL);
-    while (::waitpid(pid, nullptr, 0) == -1 && errno == EINTR) {
+  if (plan.error != 0) {
+    // It has exited already (_exit(127)); release it.
+    siginfo_t info;
+    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED) == -1 && errno == EINTR) {
     }
-    return fail("pidfd_open: " + errno_text(err));
+    ::close(pidfd);
+    if (plan.chdir_failed) {
+      return fail("working directory '" + spec.cwd + "': " + errno_text(plan.error));
+    }
+    return fail(errno_text(plan.error));
   }
   return std::unique_ptr<ChildProcess>(new ChildProcess(pid, pidfd, read_end.release()));
 }

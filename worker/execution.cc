@@ -154,7 +154,12 @@ void Execution::stop(Clock::time_point now) { begin_stopping("cancelled", "", no
 
 void Execution::advance(Clock::time_point now) {
   if (phase_ == Phase::Done) return;
-  if (phase_ == Phase::Starting) start_step(now);
+  if (phase_ == Phase::Starting) {
+    start_step(now);
+    // A child spawned just now has neither output nor an exit to report yet:
+    // its fds tell the loop when it has.
+    if (phase_ == Phase::Running) return;
+  }
   if (child_) {
     if (child_->output_fd() >= 0) child_->read_output(output_);
     if (auto st = child_->try_reap()) return on_child_exit(*st, now);

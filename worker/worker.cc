@@ -319,6 +319,23 @@ void Worker::reap_finished() {
   }
 }
 
+void Worker::advance_executions(const std::vector<zmq::pollitem_t>& items, Clock::time_point now) {
+  // Those started during this turn are not in polled_: start() has advanced
+  // them already, and their deadline brings them back if they need it.
+  auto polled = polled_.begin();
+  for (auto& [id, ex] : running_) {
+    while (polled != polled_.end() && polled->id < id) ++polled;
+    bool due = false;
+    if (polled != polled_.end() && polled->id == id)
+      for (size_t k = polled->begin; k < polled->end && !due; ++k) due = items[k].revents != 0;
+    if (!due) {
+      auto d = ex->deadline();
+      due = d && *d <= now;
+    }
+    if (due) ex->advance(now);
+  }
+}
+
 void Worker::check_liveness(Clock::time_point now) {
   if (state_ != LinkState::Registering && state_ != LinkState::Connected) return;
   if (now - last_recv_ > heartbeat_ * liveness_) {
@@ -396,7 +413,16 @@ int Worker::run() {
     if (monitor_) items.push_back({monitor_->socket().handle(), 0, ZMQ_POLLIN, 0});
     size_t first_fd = items.size();
     if (opt_.stop_fd >= 0) items.push_back({nullptr, opt_.stop_fd, ZMQ_POLLIN, 0});
-    for (const auto& [id, ex] : running_) ex->add_poll_items(items);
+    // Each execution's items are [its begin, the next one's begin); an
+    // execution is advanced only when one of them fired or its deadline came
+    // (advance() reads the pipe and tries to reap, a syscall each, and with
+    // many slots most executions have nothing new on a given turn).
+    polled_.clear();
+    for (const auto& [id, ex] : running_) {
+      const size_t begin = items.size();
+      ex->add_poll_items(items);
+      polled_.push_back({id, begin, items.size()});
+    }
 
     auto wake = next_wakeup(now);
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
@@ -432,7 +458,7 @@ int Worker::run() {
     }
     if (socket_ && (items[0].revents & ZMQ_POLLOUT)) flush_outbox();
     if (monitor_ && monitor_item < first_fd && (items[monitor_item].revents & ZMQ_POLLIN)) on_handshake_events(now);
-    for (auto& [id, ex] : running_) ex->advance(now);
+    advance_executions(items, now);
     reap_finished();
     if (drained()) {
       log::info("drained: leaving");

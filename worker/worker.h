@@ -70,6 +70,9 @@ class Worker {
   void handle_message(proto::Message& m, Clock::time_point now);
   void on_assign(proto::Assign a, Clock::time_point now);
   void start(proto::Assign a, Clock::time_point now);
+  // Advances the executions that one of their poll items or their deadline
+  // woke; items are this turn's poll items.
+  void advance_executions(const std::vector<zmq::pollitem_t>& items, Clock::time_point now);
   void reap_finished();
   void check_liveness(Clock::time_point now);
   Clock::time_point next_wakeup(Clock::time_point now) const;
@@ -92,6 +95,14 @@ class Worker {
   Clock::time_point last_recv_{};
   Clock::time_point last_sent_{};
   std::map<uint64_t, std::unique_ptr<Execution>> running_;
+  // Where each execution's items are in this turn's poll set, in id order
+  // (running_'s order when the set was built).
+  struct PolledExecution {
+    uint64_t id;
+    size_t begin;
+    size_t end;
+  };
+  std::vector<PolledExecution> polled_;
   // A newer attempt of an instance whose older attempt still runs here (the
   // master declared the older one lost, e.g. when this worker re-registered
   // while its ASSIGN was on the way). The older one is stopped; the newer one

@@ -167,6 +167,7 @@ class Master {
   void start_local_worker();
   void stop_local_worker();
   void drain_worker_socket(zmq::socket_t& s, bool local);
+  int worker_messages_ = 0;  // handled by the current drain_worker_socket call
   // One frame from a member (or one message of its BATCH): decoded, counted
   // if bad, handled if good.
   void handle_worker_frame(zmq::socket_t& s, bool local, const std::string& id, const void* data, size_t size,

@@ -18,6 +18,8 @@ namespace {
 // Syncs that may run at once: a second one starts while the first waits for
 // the disk, so a commit never waits for an older commit's sync to end.
 constexpr int kSyncThreads = 2;
+// Instance changes one group (transaction) takes, at most (see run()).
+constexpr size_t kGroupChanges = 512;
 }  // namespace
 
 StoreWriter::StoreWriter(std::unique_ptr<Store> store) : store_(std::move(store)) {
@@ -169,8 +171,19 @@ void StoreWriter::run() {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !queued_.empty(); });
       if (queued_.empty()) return;  // stop_ and nothing left to commit
-      group.assign(std::make_move_iterator(queued_.begin()), std::make_move_iterator(queued_.end()));
-      queued_.clear();
+      // The oldest batches, up to about kGroupChanges instance changes (at
+      // least one batch): a group of everything queued made every batch
+      // wait for the whole of it, and the loop and the writer took turns
+      // instead of overlapping (a convoy). Tiny batches still share a group.
+      size_t take = 0, changes = 0;
+      while (take < queued_.size() &&
+             (take == 0 || changes + queued_[take].batch.instances.size() <= kGroupChanges)) {
+        changes += queued_[take].batch.instances.size();
+        ++take;
+      }
+      const auto end = queued_.begin() + static_cast<std::ptrdiff_t>(take);
+      group.assign(std::make_move_iterator(queued_.begin()), std::make_move_iterator(end));
+      queued_.erase(queued_.begin(), end);
     }
     Status status;
     bool failed;

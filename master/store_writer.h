@@ -4,10 +4,12 @@
 // The loop gives each turn's writes to submit() as one batch and holds
 // everything the turn would send (ASSIGNs, api replies, events) until that
 // batch is reported committed (done(), after the loop saw fd() readable).
-// Meanwhile it goes on with the next turns. The writer takes every batch
-// queued by the time it is free and commits them in one transaction (group
-// commit across turns: the longer a commit takes, the more it carries), then
-// reports them done in submission order. So the commit rule holds — nothing
+// Meanwhile it goes on with the next turns. The writer takes the batches
+// queued by the time it is free, oldest first, up to about 512 instance
+// changes (at least one batch), and commits them in one transaction (group
+// commit across turns), then reports them done in submission order. The cap
+// keeps the loop and the writer overlapping: a group of everything queued
+// made every batch wait for all of it. So the commit rule holds — nothing
 // leaves the master before what it depends on is on disk — and the cost of
 // a commit (fsync) is paid once per group instead of once per turn, off the
 // loop.

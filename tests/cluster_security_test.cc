@@ -388,7 +388,22 @@ TEST_CASE("a client without a key, or with an unknown key, gets a clear error an
   // Each refusal is on the tap and in the master's log.
   CHECK(c.wait_for([&] { return count_refused(c, "fingerprint=" + stranger_fp) >= 2; }, 10s));
   CHECK(count_refused(c, "domain=api") >= 2);
-  CHECK(c.wait_for([&] { return count_refused(c, "mechanism mismatch") >= 2; }, 10s));
+  // The keyless attempts (run, job put, tap; the client retries). How the
+  // master's monitor classifies each is a race: a client that has read the
+  // master's CURVE greeting may hang up before the master has read its NULL
+  // one, and the master then reports the connection ended during the
+  // handshake. Both kinds show up under ASan (where this check, counting
+  // only mismatches, failed in 3 of 5 runs); either way the refusal is on
+  // the tap.
+  bool keyless_refused = c.wait_for(
+      [&] {
+        return count_refused(c, "mechanism mismatch") + count_refused(c, "connection ended during the handshake") >= 2;
+      },
+      10s);
+  std::string refusals;
+  for (const auto& e : c.events())
+    if (e["type"] == "security.refused") refusals += detail_of(e) + "\n";
+  CHECK_MESSAGE(keyless_refused, "refusals on the tap:\n" << refusals);
   CHECK(c.wait_for([&] { return count_refused(c, "domain=events") >= 1; }, 10s));
   std::string log = c.log_of("master");
   CHECK(log.find("refused api peer 127.0.0.1 key " + stranger_fp) != std::string::npos);

@@ -230,7 +230,9 @@ TEST_CASE("malformed key files give errors that name the file") {
   expect_error("two.pub", good->public_key + "\n" + good->public_key + "\n", "exactly one key line", false);
   expect_error("binary.pub", std::string(40, '\x01') + "\n", "not Z85", false);
   expect_error("open.key", good->secret_key + "\n", "chmod 600", true, 0644);
-  expect_error("short.key", good->secret_key.substr(2) + "\n", "38 characters", true);
+  // The same trap as short.pub: substr(2) alone starts with '#' when the
+  // key's third character is one (failed once in session 4).
+  expect_error("short.key", "A" + good->secret_key.substr(3) + "\n", "38 characters", true);
   expect_error("public-as-secret.key", "# zforce CURVE public key x\n" + good->public_key + "\n", "public key", true);
   expect_error("secret-as-public.pub", "# zforce CURVE secret key x\n" + good->secret_key + "\n", "SECRET", false);
 

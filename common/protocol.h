@@ -8,6 +8,7 @@
 // another major version can always be recognised and refused with a reason.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -29,6 +30,9 @@ inline constexpr uint32_t kMinor = 1;
 // The first minor version that reads BATCH: a side sends BATCH only to a
 // peer whose messages carry this minor or a later one.
 inline constexpr uint32_t kBatchMinor = 1;
+// Messages gathered into one BATCH frame, at most (send_batched; a bigger
+// message goes alone): well below kMaxMessageBytes.
+inline constexpr size_t kBatchBytes = 256 * 1024;
 // Larger frames are refused by the sockets themselves (ZMQ_MAXMSGSIZE).
 inline constexpr int64_t kMaxMessageBytes = 4 * 1024 * 1024;
 

@@ -22,8 +22,6 @@ namespace zf {
 namespace {
 const char* kLocalEndpoint = "inproc://zforce-local-slots";
 const char* kLocalName = "master";
-// Messages gathered into one BATCH frame, at most (a bigger one goes alone).
-constexpr size_t kBatchBytes = 256 * 1024;
 // Messages from members one loop turn handles, at most (the frame that
 // crosses the limit is finished). With BATCH frames one turn could take every
 // result in flight; the loop, the store writer and the workers then worked on
@@ -286,7 +284,7 @@ void Master::send_outgoing(std::vector<Outgoing>& out) {
     check(o, send_multipart(*o.socket, {o.peer, o.bytes}));
   }
   for (auto& g : gathered)
-    proto::send_batched(g.bytes, kBatchBytes, [&](const std::string& frame) {
+    proto::send_batched(g.bytes, proto::kBatchBytes, [&](const std::string& frame) {
       check(*g.first, send_multipart(*g.first->socket, {g.first->peer, frame}));
     });
   out.clear();

@@ -159,6 +159,16 @@ bare_rate() {
   bare_note="xargs -P $2 $x/s, posix_spawn x $2 threads $s/s"
 }
 
+# latency_run P50 P99: one run of the latency probe against the current
+# cluster; appends its median and 99th percentile to the arrays named.
+latency_run() {
+  local lat
+  lat=$("$B/bench/zforce-bench-latency" --api "$API" --events "$EVENTS" --job bench-noop --count "$LAT_N")
+  local -n a50=$1 a99=$2
+  a50+=("$(sed -n 's/^latency_p50_ms: //p' <<<"$lat")")
+  a99+=("$(sed -n 's/^latency_p99_ms: //p' <<<"$lat")")
+}
+
 noop=() tru=() bares=() ratio=() p50=() p99=()
 for r in $(seq "$RUNS"); do
   c0=$(cpu_s "$master_pid")
@@ -169,9 +179,7 @@ for r in $(seq "$RUNS"); do
   b=$bare
   tru+=("$t") bares+=("$b")
   ratio+=("$(awk -v a="$t" -v b="$b" 'BEGIN { printf "%.3f", a / b }')")
-  lat=$("$B/bench/zforce-bench-latency" --api "$API" --events "$EVENTS" --job bench-noop --count "$LAT_N")
-  p50+=("$(sed -n 's/^latency_p50_ms: //p' <<<"$lat")")
-  p99+=("$(sed -n 's/^latency_p99_ms: //p' <<<"$lat")")
+  latency_run p50 p99
   note "run $r: noop ${noop[-1]}/s ($NOOP_N), true $t/s ($TRUE_N), bare $b/s ($bare_note), latency p50 ${p50[-1]} p99 ${p99[-1]} ms ($LAT_N)," \
     "master cpu ${master_us} us per noop instance, load $(cut -d' ' -f1 /proc/loadavg), master rss $(awk '/VmRSS/ { printf "%.0f MB", $2 / 1024 }' "/proc/$master_pid/status")"
 done
@@ -233,9 +241,7 @@ pids+=("$n1_pid")
 for _ in $(seq 200); do [ "$(active_members)" -ge 1 ] && break; sleep 0.05; done
 p50n=() p99n=()
 for r in $(seq "$RUNS"); do
-  lat=$("$B/bench/zforce-bench-latency" --api "$API" --events "$EVENTS" --job bench-noop --count "$LAT_N")
-  p50n+=("$(sed -n 's/^latency_p50_ms: //p' <<<"$lat")")
-  p99n+=("$(sed -n 's/^latency_p99_ms: //p' <<<"$lat")")
+  latency_run p50n p99n
   note "run $r, --sync normal: latency p50 ${p50n[-1]} p99 ${p99n[-1]} ms ($LAT_N)"
 done
 echo "latency_p50_ms_sync_normal: $(median "${p50n[@]}")"

@@ -280,6 +280,12 @@ std::string Cluster::write_file(const std::string& name, const std::string& text
   return path;
 }
 
+void Cluster::put_noop_job() {
+  auto job = write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  auto r = zforce({"job", "put", job});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+}
+
 long Cluster::cpu_ticks(pid_t pid) const {
   std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
   auto close = stat.rfind(')');

@@ -68,6 +68,9 @@ class Cluster {
   size_t count(const std::string& type) const;
 
   std::string write_file(const std::string& name, const std::string& text);
+  // Writes and puts job "n": one builtin noop step (the workload of most
+  // throughput tests).
+  void put_noop_job();
   const std::string& dir() const { return dir_; }
   const std::string& api() const { return api_; }
   const std::string& workers_endpoint() const { return workers_; }

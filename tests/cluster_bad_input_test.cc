@@ -283,8 +283,7 @@ TEST_CASE("BATCH goes only to workers of protocol 1.1; in a BATCH, bad messages 
   using namespace zf::proto;
   Cluster c;
   c.start_master();
-  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
-  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  c.put_noop_job();
   zmq::context_t ctx(1);
 
   auto old = raw_worker(ctx, c, "old", 0);

@@ -221,8 +221,7 @@ TEST_CASE("zforce tap --json prints one event per line with seq, ts and type") {
                        "--type", "instance."},
                       "tap");
   // The tap process joins late; resend until it has its four events.
-  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
-  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  c.put_noop_job();
   int st = -1;
   for (int i = 0; i < 50 && st == -1; ++i) {
     REQUIRE(c.zforce({"run", "n", "--wait"}).exit_code == 0);
@@ -293,8 +292,7 @@ TEST_CASE("a 100,000-instance run does not hold up other requests, and runs keep
   Cluster c;
   c.start_master();
   c.connect_tap();
-  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
-  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  c.put_noop_job();
   zmq::context_t ctx(1);
   zmq::socket_t big(ctx, zmq::socket_type::dealer), other(ctx, zmq::socket_type::dealer);
   for (auto* s : {&big, &other}) {
@@ -343,8 +341,7 @@ TEST_CASE("workers with 1,000 slots each send every result of a 30,000-instance 
   c.start_worker("w1", 1000);
   c.start_worker("w2", 1000);
   REQUIRE(all_members_joined(c, 2));
-  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
-  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  c.put_noop_job();
   auto r = c.zforce({"run", "n", "--count", "30000", "--wait"}, 120s);
   INFO(r.err);
   CHECK(r.exit_code == 0);
@@ -363,8 +360,7 @@ TEST_CASE("results acknowledged together are all forgotten: after a master resta
   c.connect_tap();
   c.start_worker("w1", 200);
   REQUIRE(all_members_joined(c, 1));
-  auto job = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
-  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  c.put_noop_job();
   auto r = c.zforce({"run", "n", "--count", "2000", "--wait"}, 120s);
   REQUIRE(r.exit_code == 0);
   CHECK(r.out == "2000 instances: 2000 succeeded\n");

@@ -11,8 +11,6 @@ namespace zf {
 
 namespace {
 const char* kVersion = "zforce 0.1.0";
-// Messages gathered into one BATCH frame, at most (a bigger one goes alone).
-constexpr size_t kBatchBytes = 256 * 1024;
 }
 
 Worker::Worker(zmq::context_t& ctx, WorkerOptions options)
@@ -140,7 +138,7 @@ void Worker::send(const proto::Message& m) {
 void Worker::flush_pending() {
   if (pending_.empty()) return;
   if (master_reads_batches_) {
-    proto::send_batched(pending_, kBatchBytes, [&](const std::string& frame) { outbox_.push_back(frame); });
+    proto::send_batched(pending_, proto::kBatchBytes, [&](const std::string& frame) { outbox_.push_back(frame); });
   } else {
     for (auto& m : pending_) outbox_.push_back(std::move(m));
   }

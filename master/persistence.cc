@@ -13,26 +13,40 @@ namespace zf {
 using json = nlohmann::json;
 
 std::string steps_to_json(const std::vector<proto::StepSpec>& steps) {
+  // Each instance row carries its steps: only what differs from a default is
+  // written (schema 5), so a builtin step is a few dozen bytes, not a
+  // hundred; every row write of the instance copies them.
   json a = json::array();
-  for (const auto& s : steps)
-    a.push_back({{"name", s.name},   {"kind", s.kind}, {"argv", s.argv}, {"builtin", s.builtin},
-                 {"args", s.args},   {"env", s.env},   {"cwd", s.cwd},   {"timeout_ms", s.timeout_ms}});
+  for (const auto& s : steps) {
+    json j = {{"name", s.name}, {"kind", s.kind}};
+    if (!s.argv.empty()) j["argv"] = s.argv;
+    if (!s.builtin.empty()) j["builtin"] = s.builtin;
+    if (!s.args.empty()) j["args"] = s.args;
+    if (!s.env.empty()) j["env"] = s.env;
+    if (!s.cwd.empty()) j["cwd"] = s.cwd;
+    if (s.timeout_ms != 0) j["timeout_ms"] = s.timeout_ms;
+    a.push_back(std::move(j));
+  }
   return a.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 Result<std::vector<proto::StepSpec>> steps_from_json(const std::string& text) {
+  // Reads both forms: every field (schema 4 and older) and the defaults left
+  // out (schema 5).
   try {
     std::vector<proto::StepSpec> out;
-    for (const auto& j : json::parse(text)) {
+    const json all = json::parse(text);
+    if (!all.is_array()) return make_error("stored steps are unreadable: not a JSON array");
+    for (const auto& j : all) {
       proto::StepSpec s;
       s.name = j.at("name");
       s.kind = j.at("kind");
-      s.argv = j.at("argv").get<std::vector<std::string>>();
-      s.builtin = j.at("builtin");
-      s.args = j.at("args").get<std::map<std::string, std::string>>();
-      s.env = j.at("env").get<std::map<std::string, std::string>>();
-      s.cwd = j.at("cwd");
-      s.timeout_ms = j.at("timeout_ms");
+      s.argv = j.value("argv", std::vector<std::string>{});
+      s.builtin = j.value("builtin", std::string());
+      s.args = j.value("args", std::map<std::string, std::string>{});
+      s.env = j.value("env", std::map<std::string, std::string>{});
+      s.cwd = j.value("cwd", std::string());
+      s.timeout_ms = j.value("timeout_ms", uint64_t{0});
       out.push_back(std::move(s));
     }
     return out;
@@ -42,8 +56,14 @@ Result<std::vector<proto::StepSpec>> steps_from_json(const std::string& text) {
 }
 
 std::string retry_to_json(const RetryPolicy& r) {
-  // Written for every instance the master creates: formatted directly rather
-  // than through a json object (retry_from_json reads either).
+  // The default policy (most jobs) is stored as "" (schema 5), which
+  // retry_from_json has always read as the default.
+  const RetryPolicy d;
+  if (r.attempts == d.attempts && r.backoff == d.backoff && r.max_backoff == d.max_backoff &&
+      r.on_failed == d.on_failed && r.on_timed_out == d.on_timed_out && r.on_lost == d.on_lost)
+    return {};
+  // Otherwise formatted directly rather than through a json object
+  // (retry_from_json reads either).
   char buf[200];
   int n = std::snprintf(buf, sizeof buf,
                         "{\"attempts\":%u,\"backoff_ms\":%lld,\"max_backoff_ms\":%lld,\"on_failed\":%s,"

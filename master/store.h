@@ -41,7 +41,7 @@ namespace zf {
 // another id is someone else's and is never opened for writing.
 inline constexpr int32_t kStoreApplicationId = 0x5A465243;
 // The schema this build creates and migrates older databases up to.
-inline constexpr int kStoreSchemaVersion = 4;
+inline constexpr int kStoreSchemaVersion = 5;
 // The database's file name inside the data folder.
 inline constexpr std::string_view kStoreFileName = "zforce.db";
 

@@ -52,8 +52,10 @@ InstanceChange created(uint64_t id) {
   r.job = "noop";
   r.queue = "default";
   r.params = {{"branch", "main"}};
-  r.steps_json = R"([{"name":"1","builtin":"noop","args":{},"env":{},"cwd":"","timeout_ms":0}])";
-  r.retry_json = R"({"attempts":1,"backoff_ms":0})";
+  // What the master writes for a builtin noop job with the default retry
+  // policy (schema 5: defaults left out).
+  r.steps_json = R"([{"builtin":"noop","kind":"builtin","name":"step1"}])";
+  r.retry_json = "";
   r.created_us = r.updated_us = kT0 + static_cast<int64_t>(id);
   c.added.push_back({0, InstanceState::Queued, r.created_us, 1, "", std::nullopt});
   return c;

@@ -5,6 +5,7 @@
 // zforce file) with the sqlite3 command-line shell, since only master/store.*
 // may include sqlite3.h; they are skipped, with a message, where the shell is
 // not installed.
+#include "master/persistence.h"
 #include "master/store.h"
 #include "master/store_writer.h"
 
@@ -680,7 +681,7 @@ INSERT INTO meta VALUES ('last_event_seq', '77');
   CHECK(c.instances[0].history[0].ts_us == 1000004);
   CHECK(c.last_event_seq == 77);
   store.reset();
-  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4\n");
+  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4,5\n");
   CHECK(shell(dir.db(), "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE type = 'index' "
                         "AND name LIKE 'instances_%' ORDER BY name);") ==
         "instances_by_job,instances_unsuccessful\n");
@@ -759,7 +760,7 @@ TEST_CASE("a version-2 database is migrated to the current schema, keeping its d
   page.before_id = 7;
   CHECK(ids(ok(store->list_instances(page))) == std::vector<uint64_t>{2});
   store.reset();
-  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4\n");
+  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4,5\n");
   // The listing of an unsuccessful state can use the partial index: the
   // condition the store adds is the index's own.
   std::string plan = shell(dir.db(),
@@ -1131,4 +1132,78 @@ TEST_CASE("the store writer merges an instance's changes across the batches of a
   auto c2 = ok(reader->load());
   CHECK(c2.next_instance_id == 2);
   CHECK(c2.last_event_seq == 4);
+}
+
+TEST_CASE("steps and retry policies are stored without their defaults and read back, the full old form too") {
+  using zf::proto::StepSpec;
+  auto same_steps = [](const std::vector<StepSpec>& a, const std::vector<StepSpec>& b) {
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CHECK(a[i].name == b[i].name);
+      CHECK(a[i].kind == b[i].kind);
+      CHECK(a[i].argv == b[i].argv);
+      CHECK(a[i].builtin == b[i].builtin);
+      CHECK(a[i].args == b[i].args);
+      CHECK(a[i].env == b[i].env);
+      CHECK(a[i].cwd == b[i].cwd);
+      CHECK(a[i].timeout_ms == b[i].timeout_ms);
+    }
+  };
+  StepSpec noop;
+  noop.name = "step1";
+  noop.kind = "builtin";
+  noop.builtin = "noop";
+  StepSpec full;
+  full.name = "build";
+  full.kind = "run";
+  full.argv = {"make", "-j2", ""};
+  full.args = {{"k", "v"}};
+  full.env = {{"PATH", "/bin"}, {"EMPTY", ""}};
+  full.cwd = "/tmp/x y";
+  full.timeout_ms = 1500;
+  const std::vector<StepSpec> steps = {noop, full};
+
+  // A builtin step with nothing else set is its name, kind and builtin.
+  CHECK(zf::steps_to_json({noop}) == R"([{"builtin":"noop","kind":"builtin","name":"step1"}])");
+  auto back = zf::steps_from_json(zf::steps_to_json(steps));
+  REQUIRE(back.ok());
+  same_steps(back.value(), steps);
+  // What schema 4 and older wrote: every field.
+  auto old = zf::steps_from_json(
+      R"([{"args":{},"argv":[],"builtin":"noop","cwd":"","env":{},"kind":"builtin","name":"step1","timeout_ms":0}])");
+  REQUIRE(old.ok());
+  same_steps(old.value(), {noop});
+  CHECK_FALSE(zf::steps_from_json(R"([{"kind":"run"}])").ok());  // no name
+  CHECK_FALSE(zf::steps_from_json(R"({"name":"x","kind":"run"})").ok());
+  CHECK_FALSE(zf::steps_from_json(R"([{"name":"x","kind":"run","timeout_ms":"soon"}])").ok());
+
+  // The default retry policy is stored as nothing at all; others as JSON.
+  zf::RetryPolicy d;
+  CHECK(zf::retry_to_json(d) == "");
+  auto rd = zf::retry_from_json("");
+  REQUIRE(rd.ok());
+  CHECK(rd.value().attempts == d.attempts);
+  CHECK(rd.value().on_lost == d.on_lost);
+  CHECK(rd.value().max_backoff == d.max_backoff);
+  zf::RetryPolicy r;
+  r.attempts = 3;
+  r.backoff = zf::Millis(250);
+  r.on_failed = true;
+  r.on_lost = false;
+  const std::string text = zf::retry_to_json(r);
+  CHECK_FALSE(text.empty());
+  auto rr = zf::retry_from_json(text);
+  REQUIRE(rr.ok());
+  CHECK(rr.value().attempts == 3);
+  CHECK(rr.value().backoff == zf::Millis(250));
+  CHECK(rr.value().max_backoff == d.max_backoff);
+  CHECK(rr.value().on_failed);
+  CHECK_FALSE(rr.value().on_lost);
+  CHECK_FALSE(rr.value().on_timed_out);
+  // Only the one field that differs from the default is enough to write it all.
+  zf::RetryPolicy one;
+  one.on_timed_out = true;
+  auto r1 = zf::retry_from_json(zf::retry_to_json(one));
+  REQUIRE(r1.ok());
+  CHECK(r1.value().on_timed_out);
 }

@@ -16,6 +16,20 @@ std::string_view state_name(InstanceState s) {
   return "?";
 }
 
+std::string_view instance_event_type(InstanceState s) {
+  switch (s) {
+    case InstanceState::Queued: return "instance.queued";
+    case InstanceState::Assigned: return "instance.assigned";
+    case InstanceState::Running: return "instance.running";
+    case InstanceState::Succeeded: return "instance.succeeded";
+    case InstanceState::Failed: return "instance.failed";
+    case InstanceState::Cancelled: return "instance.cancelled";
+    case InstanceState::TimedOut: return "instance.timed_out";
+    case InstanceState::Lost: return "instance.lost";
+  }
+  return "instance.?";
+}
+
 std::optional<InstanceState> parse_state(std::string_view name) {
   for (auto s : {InstanceState::Queued, InstanceState::Assigned, InstanceState::Running, InstanceState::Succeeded,
                  InstanceState::Failed, InstanceState::Cancelled, InstanceState::TimedOut, InstanceState::Lost})

@@ -24,6 +24,8 @@ enum class InstanceEvent {
 };
 
 std::string_view state_name(InstanceState s);
+// The tap event type of entering state s: "instance." + state_name(s).
+std::string_view instance_event_type(InstanceState s);
 std::optional<InstanceState> parse_state(std::string_view name);
 std::string_view instance_event_name(InstanceEvent e);
 // Terminal for this attempt; lost, failed and timed_out may still be

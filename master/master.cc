@@ -615,13 +615,7 @@ uint64_t Master::create_instance(const std::shared_ptr<const InstanceSpec>& spec
   inst.spec = spec;
   mark_dirty(inst);
   inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, "", std::nullopt});
-  proto::Event ev;
-  ev.type = "instance.queued";
-  ev.instance = id;
-  ev.job = inst.spec->job;
-  ev.queue = inst.spec->queue;
-  ev.attempt = 1;
-  events_->publish(std::move(ev));
+  publish_transition(inst, std::nullopt);
   if (auto s = sched_.submit(id, inst.spec->queue, inst.spec->priority, false, inst.spec->required_tags); !s.ok())
     log::error("instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
   dispatch_needed_ = true;
@@ -638,8 +632,18 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
   inst.state = *next;
   inst.history.push_back({inst.state, wall_clock_us(), inst.attempt, inst.member, exit_code});
   mark_dirty(inst);
+  publish_transition(inst, exit_code);
+  if (inst.state == InstanceState::Queued) {
+    inst.member.clear();
+    inst.slot = -1;
+  }
+}
+
+void Master::publish_transition(const Instance& inst, std::optional<int32_t> exit_code) {
+  const std::string_view type = instance_event_type(inst.state);
+  if (!events_->wanted(type)) return events_->skip();  // nobody would read it: do not build it
   proto::Event ev;
-  ev.type = "instance." + std::string(state_name(inst.state));
+  ev.type = type;
   ev.instance = inst.id;
   ev.job = inst.spec->job;
   ev.queue = inst.spec->queue;
@@ -649,10 +653,6 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
     ev.slot = inst.slot;
   if (exit_code) ev.exit_code = *exit_code;
   events_->publish(std::move(ev));
-  if (inst.state == InstanceState::Queued) {
-    inst.member.clear();
-    inst.slot = -1;
-  }
 }
 
 // Gives the instance's credit back to the scheduler (exactly once: the
@@ -1048,6 +1048,7 @@ int Master::run() {
     items.push_back({local_ ? local_->handle() : nullptr, -1, static_cast<short>(local_ ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, opt_.stop_fd, static_cast<short>(opt_.stop_fd >= 0 ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, watcher_->fd(), ZMQ_POLLIN, 0});
+    items.push_back({events_->handle(), 0, ZMQ_POLLIN, 0});  // tap subscriptions
     security_->add_poll_items(items);  // the ZAP handler and handshake monitors (keyed mode)
     if (writer_) items.push_back({nullptr, writer_->fd(), ZMQ_POLLIN, 0});  // commits done
     auto wake = next_wakeup(now);
@@ -1056,6 +1057,8 @@ int Master::run() {
     zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
     // Committed turns release what they held; everything this turn changes
     // is submitted to the writer as one batch by end_turn().
+    // Before anything of this turn is published: a new subscriber gets it.
+    if (items[5].revents & ZMQ_POLLIN) events_->take_subscriptions();
     if (writer_) take_commits();
     if (fatal_) return 1;
     if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) {

@@ -205,6 +205,8 @@ class Master {
   std::shared_ptr<const InstanceSpec> make_spec(const Job& job, std::map<std::string, std::string> params,
                                                 std::vector<proto::StepSpec> steps) const;
   uint64_t create_instance(const std::shared_ptr<const InstanceSpec>& spec);
+  // Publishes the instance's new state as instance.<state> on the tap.
+  void publish_transition(const Instance& inst, std::optional<int32_t> exit_code);
   void transition(Instance& inst, InstanceEvent e, std::optional<int32_t> exit_code = std::nullopt);
   void on_started(Member& m, const proto::Started& s);
   void on_finished(Member& m, const proto::Finished& f);

@@ -169,22 +169,37 @@ latency_run() {
   a99+=("$(sed -n 's/^latency_p99_ms: //p' <<<"$lat")")
 }
 
-noop=() tru=() bares=() ratio=() p50=() p99=()
+# tapped_rate JOB N: run_rate with `zforce tap` attached, subscribed to every
+# event (the master builds and sends only events someone subscribed to, so
+# noop_per_s, measured without a tap, does not include them).
+tapped_rate() {
+  zf tap >/dev/null 2>&1 &
+  local tap_pid=$! rate_out
+  sleep 0.5  # the subscription reaches the master
+  rate_out=$(run_rate "$1" "$2")
+  kill "$tap_pid" 2>/dev/null || true
+  wait "$tap_pid" 2>/dev/null || true
+  echo "$rate_out"
+}
+
+noop=() noop_tap=() tru=() bares=() ratio=() p50=() p99=()
 for r in $(seq "$RUNS"); do
   c0=$(cpu_s "$master_pid")
   noop+=("$(run_rate bench-noop "$NOOP_N")")
   master_us=$(awk -v a="$c0" -v b="$(cpu_s "$master_pid")" -v n="$NOOP_N" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
+  noop_tap+=("$(tapped_rate bench-noop "$NOOP_N")")
   t=$(run_rate bench-true "$TRUE_N")
   bare_rate "$TRUE_N" "$PAR"
   b=$bare
   tru+=("$t") bares+=("$b")
   ratio+=("$(awk -v a="$t" -v b="$b" 'BEGIN { printf "%.3f", a / b }')")
   latency_run p50 p99
-  note "run $r: noop ${noop[-1]}/s ($NOOP_N), true $t/s ($TRUE_N), bare $b/s ($bare_note), latency p50 ${p50[-1]} p99 ${p99[-1]} ms ($LAT_N)," \
+  note "run $r: noop ${noop[-1]}/s ($NOOP_N; ${noop_tap[-1]}/s with a tap of every event), true $t/s ($TRUE_N), bare $b/s ($bare_note), latency p50 ${p50[-1]} p99 ${p99[-1]} ms ($LAT_N)," \
     "master cpu ${master_us} us per noop instance, load $(cut -d' ' -f1 /proc/loadavg), master rss $(awk '/VmRSS/ { printf "%.0f MB", $2 / 1024 }' "/proc/$master_pid/status")"
 done
 
 echo "noop_per_s: $(median "${noop[@]}")"
+echo "noop_per_s_tap_all: $(median "${noop_tap[@]}")"
 echo "true_per_s: $(median "${tru[@]}")"
 echo "bare_true_per_s: $(median "${bares[@]}")"
 echo "true_vs_bare: $(median "${ratio[@]}")"

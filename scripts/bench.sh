@@ -11,13 +11,16 @@
 # Environment: ZFORCE_BUILD (build folder, default build-release, configured
 # with --buildtype=release if it does not exist), BENCH_SLOTS (slots
 # per worker for processes, default 2: the cores), BENCH_NOOP_SLOTS (slots per
-# worker for noop, default 64), BENCH_RUNS (runs per figure, default 3).
+# worker for noop, default 256), BENCH_RUNS (runs per figure, default 3).
 #
-# Two pairs of workers: noop instances run on w1, w2 (BENCH_NOOP_SLOTS each;
-# a builtin noop takes no CPU, so its slots are only the pipeline depth, and
-# with 2 x 2 the figure measured round trips, not throughput), processes on
-# p1, p2 (BENCH_SLOTS each, as many as the cores, the same parallelism as the
-# bare spawn loop). Jobs pick their pair with `requires`.
+# Three pairs of workers: noop instances run on w1, w2 (BENCH_NOOP_SLOTS each;
+# a builtin noop takes no CPU, so its slots are only the pipeline depth: with
+# 2 x 2 the figure measured round trips, with 2 x 64 mostly the commit round
+# trip per slot, from 2 x 256 on the master's throughput), and on n1, n2 with
+# 64 slots each for noop_per_s_64_slots (what sessions 2 to 4 reported as
+# noop_per_s); processes on p1, p2 (BENCH_SLOTS each, as many as the cores,
+# the same parallelism as the bare spawn loop). Jobs pick their pair with
+# `requires`.
 # Stops everything it started, by pid, and removes its temp folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +36,7 @@ done
 
 B=${ZFORCE_BUILD:-build-release}
 SLOTS=${BENCH_SLOTS:-2}
-NOOP_SLOTS=${BENCH_NOOP_SLOTS:-64}
+NOOP_SLOTS=${BENCH_NOOP_SLOTS:-256}
 RUNS=${BENCH_RUNS:-3}
 # BIG_Q: instances waiting for the backlog figures (compared with 1,000
 # waiting); WINDOW: ends timed with that backlog; SIM_N: noop instances per
@@ -108,15 +111,19 @@ for w in w1 w2; do
   "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots "$NOOP_SLOTS" --tag noop 2>"$tmp/worker-$w.log" &
   pids+=($!)
 done
+for w in n1 n2; do
+  "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots 64 --tag noop64 2>"$tmp/worker-$w.log" &
+  pids+=($!)
+done
 for w in p1 p2; do
   "$B/worker/zforce-worker" --master "$WORKERS" --name "$w" --slots "$SLOTS" --tag spawn 2>"$tmp/worker-$w.log" &
   pids+=($!)
 done
 for _ in $(seq 200); do
-  [ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 4 ] && break
+  [ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 6 ] && break
   sleep 0.05
 done
-[ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 4 ] ||
+[ "$(zf --json workers | grep -o '"state":"active"' | wc -l)" -ge 6 ] ||
   { echo "the workers did not join:" >&2; zf workers >&2; exit 1; }
 
 cat >"$tmp/bench-noop.toml" <<'EOF'
@@ -130,13 +137,19 @@ requires = ["noop"]
 [[steps]]
 builtin = "noop"
 EOF
+cat >"$tmp/bench-noop-64.toml" <<'EOF'
+name = "bench-noop-64"
+requires = ["noop64"]
+[[steps]]
+builtin = "noop"
+EOF
 cat >"$tmp/bench-true.toml" <<'EOF'
 name = "bench-true"
 requires = ["spawn"]
 [[steps]]
 run = ["true"]
 EOF
-zf job put "$tmp/bench-noop-tagged.toml" "$tmp/bench-true.toml" >/dev/null
+zf job put "$tmp/bench-noop-tagged.toml" "$tmp/bench-noop-64.toml" "$tmp/bench-true.toml" >/dev/null
 
 # run_rate JOB N: instances/s of `zforce run JOB --count N --wait` (submission to all done).
 run_rate() {
@@ -182,24 +195,26 @@ tapped_rate() {
   echo "$rate_out"
 }
 
-noop=() noop_tap=() tru=() bares=() ratio=() p50=() p99=()
+noop=() noop_tap=() noop64=() tru=() bares=() ratio=() p50=() p99=()
 for r in $(seq "$RUNS"); do
   c0=$(cpu_s "$master_pid")
   noop+=("$(run_rate bench-noop "$NOOP_N")")
   master_us=$(awk -v a="$c0" -v b="$(cpu_s "$master_pid")" -v n="$NOOP_N" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
   noop_tap+=("$(tapped_rate bench-noop "$NOOP_N")")
+  noop64+=("$(run_rate bench-noop-64 "$NOOP_N")")
   t=$(run_rate bench-true "$TRUE_N")
   bare_rate "$TRUE_N" "$PAR"
   b=$bare
   tru+=("$t") bares+=("$b")
   ratio+=("$(awk -v a="$t" -v b="$b" 'BEGIN { printf "%.3f", a / b }')")
   latency_run p50 p99
-  note "run $r: noop ${noop[-1]}/s ($NOOP_N; ${noop_tap[-1]}/s with a tap of every event), true $t/s ($TRUE_N), bare $b/s ($bare_note), latency p50 ${p50[-1]} p99 ${p99[-1]} ms ($LAT_N)," \
+  note "run $r: noop ${noop[-1]}/s ($NOOP_N; ${noop_tap[-1]}/s with a tap of every event; ${noop64[-1]}/s on 2 x 64 slots), true $t/s ($TRUE_N), bare $b/s ($bare_note), latency p50 ${p50[-1]} p99 ${p99[-1]} ms ($LAT_N)," \
     "master cpu ${master_us} us per noop instance, load $(cut -d' ' -f1 /proc/loadavg), master rss $(awk '/VmRSS/ { printf "%.0f MB", $2 / 1024 }' "/proc/$master_pid/status")"
 done
 
 echo "noop_per_s: $(median "${noop[@]}")"
 echo "noop_per_s_tap_all: $(median "${noop_tap[@]}")"
+echo "noop_per_s_64_slots: $(median "${noop64[@]}")"
 echo "true_per_s: $(median "${tru[@]}")"
 echo "bare_true_per_s: $(median "${bares[@]}")"
 echo "true_vs_bare: $(median "${ratio[@]}")"

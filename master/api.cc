@@ -416,9 +416,9 @@ nlohmann::json Master::api_instance_show(const nlohmann::json& args) {
 
 nlohmann::json Master::api_cancel(const nlohmann::json& args) {
   uint64_t id = need_id(args, "id");
-  auto it = instances_.find(id);
-  if (it == instances_.end()) throw ApiError{"no instance " + std::to_string(id)};
-  Instance& inst = it->second;
+  Instance* found = page_in(id);
+  if (!found) throw ApiError{"no instance " + std::to_string(id)};
+  Instance& inst = *found;
   if (is_terminal(inst.state)) throw ApiError{"instance " + std::to_string(id) + " already ended (" +
                                               std::string(state_name(inst.state)) + ")"};
   if (inst.state == InstanceState::Queued) {
@@ -624,6 +624,21 @@ nlohmann::json Master::api_queue_rm(const nlohmann::json& args) {
   return {{"removed", name}};
 }
 
+Instance* Master::page_in(uint64_t id) {
+  if (auto it = instances_.find(id); it != instances_.end()) return &it->second;
+  if (!store_) return nullptr;
+  auto rec = store_->load_instance(id);
+  if (!rec.ok()) throw ApiError{"cannot read instance " + std::to_string(id) + ": " + rec.error().message};
+  if (!rec.value() || !is_terminal(rec.value()->state)) return nullptr;  // live ones are always in memory
+  std::vector<std::string> tags;
+  if (auto j = jobs_.find(rec.value()->job); j != jobs_.end()) tags = j->second.requires_tags;
+  auto inst = from_record(*rec.value(), tags, nullptr);
+  if (!inst.ok()) throw ApiError{"cannot read instance " + std::to_string(id) + ": " + inst.error().message};
+  Instance& kept = instances_[id] = std::move(inst.value());
+  ended_kept_.push_back(id);
+  return &kept;
+}
+
 bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::json& args, nlohmann::json& out) {
   const auto& ids = need(args, "ids");
   if (!ids.is_array() || ids.empty()) throw ApiError{"argument 'ids' must be a non-empty list"};
@@ -643,11 +658,11 @@ bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::j
   for (const auto& v : ids) {
     if (!v.is_number_unsigned()) throw ApiError{"ids must be instance ids"};
     uint64_t id = v.get<uint64_t>();
-    auto it = instances_.find(id);
-    if (it == instances_.end()) throw ApiError{"no instance " + std::to_string(id)};
+    const Instance* inst = page_in(id);  // ended long ago: read back from the store
+    if (!inst) throw ApiError{"no instance " + std::to_string(id)};
     w.ids.push_back(id);
     // Retries move an instance back to queued at once, so an ended state is final.
-    if (!is_terminal(it->second.state)) ++w.remaining;
+    if (!is_terminal(inst->state)) ++w.remaining;
   }
   if (w.remaining == 0) {
     out = wait_result(w);
@@ -657,8 +672,9 @@ bool Master::api_wait(const std::string& client, uint64_t req, const nlohmann::j
   waiters_.push_back(std::move(w));
   auto wit = std::prev(waiters_.end());
   for (uint64_t id : wit->ids) {
-    const auto& inst = instances_[id];
+    const auto& inst = instances_.at(id);
     if (!is_terminal(inst.state)) waiters_by_instance_.emplace(id, wit);
+    ++pinned_[id];  // its answer reads every one of them: none is forgotten meanwhile
   }
   return false;
 }

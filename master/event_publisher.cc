@@ -4,7 +4,6 @@
 
 #include <chrono>
 
-#include "common/log.h"
 #include "common/zmq_util.h"
 
 namespace zf {
@@ -16,7 +15,7 @@ int64_t wall_clock_us() {
 
 EventPublisher::EventPublisher(zmq::context_t& ctx, const std::string& endpoint,
                                const std::function<void(zmq::socket_t&)>& before_bind)
-    : socket_(ctx, zmq::socket_type::xpub) {
+    : socket_(ctx, zmq::socket_type::pub) {
   // PUB drops beyond the HWM; a burst of thousands of instances makes tens of
   // thousands of events, so give slow subscribers room. Gaps remain visible
   // through seq.
@@ -28,50 +27,7 @@ EventPublisher::EventPublisher(zmq::context_t& ctx, const std::string& endpoint,
 
 std::string EventPublisher::endpoint() { return last_endpoint(socket_); }
 
-bool EventPublisher::wanted(std::string_view type) const {
-  if (untracked_ > 0) return true;
-  if (topics_.size() <= 8) {  // the usual case: a tap or two
-    for (const auto& t : topics_)
-      if (type.starts_with(t)) return true;
-    return false;
-  }
-  for (size_t n = 0; n <= type.size(); ++n)
-    if (topics_.contains(type.substr(0, n))) return true;
-  return false;
-}
-
-void EventPublisher::take_subscriptions() {
-  zmq::message_t m;
-  while (true) {
-    zmq::recv_result_t r;
-    try {
-      r = socket_.recv(m, zmq::recv_flags::dontwait);
-    } catch (const zmq::error_t& e) {
-      log::warn(std::string("event tap: cannot read subscriptions: ") + e.what());
-      return;
-    }
-    if (!r) return;
-    // [1|0][prefix]: subscribe or unsubscribe. Anything else is not from a
-    // SUB socket (a peer may send what it likes to an XPUB): ignored.
-    const auto* bytes = static_cast<const char*>(m.data());
-    if (m.size() == 0 || (bytes[0] != 1 && bytes[0] != 0)) continue;
-    std::string_view prefix(bytes + 1, m.size() - 1);
-    if (bytes[0] == 1) {
-      if (topics_.size() < kMaxTopics) topics_.emplace(prefix);
-      else ++untracked_;
-    } else if (auto it = topics_.find(prefix); it != topics_.end()) {
-      topics_.erase(it);
-    } else if (untracked_ > 0) {
-      --untracked_;  // one of those only counted
-    }
-  }
-}
-
 void EventPublisher::publish(proto::Event e) {
-  if (!wanted(e.type)) {
-    ++seq_;
-    return;
-  }
   e.seq = ++seq_;
   e.ts_us = wall_clock_us();
   std::string bytes = proto::encode(e);

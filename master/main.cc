@@ -84,6 +84,9 @@ int main(int argc, char** argv) {
                  "after a restart, how long workers have to report what they still run")
       ->capture_default_str();
   app.add_option("--keep-history", keep_history, "how long ended instances are kept")->capture_default_str();
+  app.add_option("--keep-ended", opt.keep_ended,
+                 "how many ended instances stay in memory besides the store (older ones are read back from it)")
+      ->capture_default_str();
   app.add_flag("--insecure", opt.insecure, "allow binding non-loopback addresses without keys");
   std::string keys_dir;
   app.add_option("--keys", keys_dir,

@@ -235,7 +235,7 @@ void Master::end_turn() {
   if (!ops_.empty() || !batch.instances.empty() || batch.next_instance_id || batch.last_event_seq) {
     batch.ops = std::exchange(ops_, {});
     uint64_t n = writer_->submit(std::move(batch));
-    in_commit_.push_back({n, std::exchange(outbox_, {}), events});
+    in_commit_.push_back({n, std::exchange(outbox_, {}), events, std::exchange(ended_turn_, {})});
     events_in_commit_ += events;
     return;
   }
@@ -245,6 +245,8 @@ void Master::end_turn() {
     auto& last = in_commit_.back();
     for (auto& o : outbox_) last.outbox.push_back(std::move(o));
     outbox_.clear();
+    last.ended.insert(last.ended.end(), ended_turn_.begin(), ended_turn_.end());
+    ended_turn_.clear();
     last.events += events;
     events_in_commit_ += events;
     return;
@@ -324,8 +326,28 @@ void Master::take_commits() {
     events_->flush(done.events);
     events_in_commit_ -= done.events;
     send_outgoing(done.outbox);
+    ended_kept_.insert(ended_kept_.end(), done.ended.begin(), done.ended.end());
+  }
+  forget_ended();
+}
+
+void Master::forget_ended() {
+  // Each id is looked at once per call at most: pinned ones go to the back.
+  for (size_t n = ended_kept_.size(); ended_kept_.size() > opt_.keep_ended && n > 0; --n) {
+    uint64_t id = ended_kept_.front();
+    ended_kept_.pop_front();
+    auto it = instances_.find(id);
+    if (it == instances_.end()) continue;  // already forgotten (listed twice)
+    const Instance& inst = it->second;
+    if (!is_terminal(inst.state)) continue;  // retried since: listed again when it ends
+    if (inst.dirty || pinned_.count(id)) {
+      ended_kept_.push_back(id);
+      continue;
+    }
+    instances_.erase(it);
   }
 }
+
 
 void Master::finish_commits() {
   if (!writer_) return;
@@ -632,6 +654,7 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
   inst.state = *next;
   inst.history.push_back({inst.state, wall_clock_us(), inst.attempt, inst.member, exit_code});
   mark_dirty(inst);
+  if (writer_ && is_terminal(inst.state)) ended_turn_.push_back(inst.id);
   publish_transition(inst, exit_code);
   if (inst.state == InstanceState::Queued) {
     inst.member.clear();
@@ -640,10 +663,8 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
 }
 
 void Master::publish_transition(const Instance& inst, std::optional<int32_t> exit_code) {
-  const std::string_view type = instance_event_type(inst.state);
-  if (!events_->wanted(type)) return events_->skip();  // nobody would read it: do not build it
   proto::Event ev;
-  ev.type = type;
+  ev.type = instance_event_type(inst.state);
   ev.instance = inst.id;
   ev.job = inst.spec->job;
   ev.queue = inst.spec->queue;
@@ -741,12 +762,17 @@ void Master::notify_waiters(const Instance& inst) {
   waiters_by_instance_.erase(b, e);
   for (auto w : done) {
     reply(w->client, w->req, true, "", wait_result(*w));
-    for (uint64_t id : w->ids) {
-      auto [bb, ee] = waiters_by_instance_.equal_range(id);
-      for (auto it = bb; it != ee;) it = it->second == w ? waiters_by_instance_.erase(it) : std::next(it);
-    }
-    waiters_.erase(w);
+    drop_waiter(w);
   }
+}
+
+void Master::drop_waiter(std::list<Waiter>::iterator w) {
+  for (uint64_t id : w->ids) {
+    auto [b, e] = waiters_by_instance_.equal_range(id);
+    for (auto it = b; it != e;) it = it->second == w ? waiters_by_instance_.erase(it) : std::next(it);
+    if (auto p = pinned_.find(id); p != pinned_.end() && --p->second == 0) pinned_.erase(p);
+  }
+  waiters_.erase(w);
 }
 
 // ---- loop --------------------------------------------------------------------
@@ -779,11 +805,7 @@ void Master::on_timer(Clock::time_point now) {
     nlohmann::json out;
     out["done"] = false;
     reply(it->client, it->req, true, "", out);
-    for (uint64_t id : it->ids) {
-      auto [b, e] = waiters_by_instance_.equal_range(id);
-      for (auto w = b; w != e;) w = w->second == it ? waiters_by_instance_.erase(w) : std::next(w);
-    }
-    it = waiters_.erase(it);
+    drop_waiter(it++);
   }
 }
 
@@ -1048,7 +1070,6 @@ int Master::run() {
     items.push_back({local_ ? local_->handle() : nullptr, -1, static_cast<short>(local_ ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, opt_.stop_fd, static_cast<short>(opt_.stop_fd >= 0 ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, watcher_->fd(), ZMQ_POLLIN, 0});
-    items.push_back({events_->handle(), 0, ZMQ_POLLIN, 0});  // tap subscriptions
     security_->add_poll_items(items);  // the ZAP handler and handshake monitors (keyed mode)
     if (writer_) items.push_back({nullptr, writer_->fd(), ZMQ_POLLIN, 0});  // commits done
     auto wake = next_wakeup(now);
@@ -1057,8 +1078,6 @@ int Master::run() {
     zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
     // Committed turns release what they held; everything this turn changes
     // is submitted to the writer as one batch by end_turn().
-    // Before anything of this turn is published: a new subscriber gets it.
-    if (items[5].revents & ZMQ_POLLIN) events_->take_subscriptions();
     if (writer_) take_commits();
     if (fatal_) return 1;
     if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) {

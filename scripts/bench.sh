@@ -186,12 +186,14 @@ latency_run() {
 # event (the master builds and sends only events someone subscribed to, so
 # noop_per_s, measured without a tap, does not include them).
 tapped_rate() {
-  zf tap >/dev/null 2>&1 &
+  # The client itself, not through zf (a background function is a subshell:
+  # its pid is not the tap's, and killing it left the tap running).
+  "$B/client/zforce" --api "$API" --events "$EVENTS" tap >/dev/null 2>&1 &
   local tap_pid=$! rate_out
+  pids+=("$tap_pid")
   sleep 0.5  # the subscription reaches the master
   rate_out=$(run_rate "$1" "$2")
-  kill "$tap_pid" 2>/dev/null || true
-  wait "$tap_pid" 2>/dev/null || true
+  stop_pid "$tap_pid"
   echo "$rate_out"
 }
 

@@ -397,3 +397,49 @@ TEST_CASE("without a store, instances lists the newest from memory, oldest of th
   CHECK(ids(parse_ok(c.zforce({"--json", "instances", "--job", "n", "--limit", "2"}))) == std::vector<uint64_t>{4, 5});
   CHECK(ids(parse_ok(c.zforce({"--json", "instances", "--job", "m"}))) == std::vector<uint64_t>{6, 7});
 }
+
+TEST_CASE("ended instances beyond --keep-ended leave the master's memory; show, wait, cancel and listings read them back") {
+  Cluster c;
+  c.start_master({"--keep-ended", "10"});
+  c.start_worker("w1", 4);
+  c.put_noop_job();
+  auto first = c.zforce({"--json", "run", "n", "--count", "50", "--wait"});
+  REQUIRE_MESSAGE(first.exit_code == 0, first.err);
+  REQUIRE(json::parse(first.out)["instances"].size() == 50);
+  // The wait held all 50; the next commit lets the oldest go.
+  REQUIRE(c.zforce({"run", "n", "--wait"}).exit_code == 0);
+  auto st = parse_ok(c.zforce({"--json", "stats"}));
+  INFO(st.dump());
+  CHECK(st["instances"]["succeeded"].get<int>() <= 10);
+  CHECK(st["instances"]["succeeded"].get<int>() >= 1);
+
+  // Instance 1 is no longer in memory: each request reads it from the store.
+  auto show = parse_ok(c.zforce({"--json", "instance", "show", "1"}));
+  CHECK(show["state"] == "succeeded");
+  CHECK(show["history"].size() == 4);
+  auto cancel = c.zforce({"cancel", "1"});
+  CHECK(cancel.exit_code != 0);
+  CHECK_MESSAGE(cancel.err.find("already ended (succeeded)") != std::string::npos, cancel.err);
+  auto none = c.zforce({"cancel", "999"});
+  CHECK(none.exit_code != 0);
+  CHECK_MESSAGE(none.err.find("no instance 999") != std::string::npos, none.err);
+  auto listed = parse_ok(c.zforce({"--json", "instances", "--limit", "100"}));
+  CHECK(listed["instances"].size() == 51);
+
+  zmq::context_t ctx(1);
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::rcvtimeo, 30000);
+  s.connect(c.api());
+  s.send(zmq::buffer(zf::proto::encode(zf::proto::ApiRequest{1, "wait", {{"ids", {1, 2, 50}}}})));
+  zmq::message_t m;
+  REQUIRE(s.recv(m));
+  auto d = zf::proto::decode(m.data(), m.size());
+  REQUIRE(std::holds_alternative<zf::proto::Message>(d));
+  auto reply = std::get<zf::proto::ApiReply>(std::get<zf::proto::Message>(std::move(d)));
+  REQUIRE_MESSAGE(reply.ok, reply.error);
+  CHECK(reply.result["done"] == true);
+  REQUIRE(reply.result["instances"].size() == 3);
+  for (const auto& i : reply.result["instances"]) CHECK(i["state"] == "succeeded");
+  CHECK(reply.result["instances"][0]["id"] == 1);
+}

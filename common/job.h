@@ -50,6 +50,7 @@ struct RetryPolicy {
   bool on_failed = false;
   bool on_timed_out = false;
   bool on_lost = true;
+  bool operator==(const RetryPolicy&) const = default;
 };
 
 struct Job {

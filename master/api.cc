@@ -624,15 +624,20 @@ nlohmann::json Master::api_queue_rm(const nlohmann::json& args) {
   return {{"removed", name}};
 }
 
+Result<Instance> Master::instance_from_record(const InstanceRecord& rec,
+                                              const std::shared_ptr<const InstanceSpec>& previous) const {
+  static const std::vector<std::string> kNoTags;
+  auto j = jobs_.find(rec.job);
+  return from_record(rec, j != jobs_.end() ? j->second.requires_tags : kNoTags, previous);
+}
+
 Instance* Master::page_in(uint64_t id) {
   if (auto it = instances_.find(id); it != instances_.end()) return &it->second;
   if (!store_) return nullptr;
   auto rec = store_->load_instance(id);
   if (!rec.ok()) throw ApiError{"cannot read instance " + std::to_string(id) + ": " + rec.error().message};
   if (!rec.value() || !is_terminal(rec.value()->state)) return nullptr;  // live ones are always in memory
-  std::vector<std::string> tags;
-  if (auto j = jobs_.find(rec.value()->job); j != jobs_.end()) tags = j->second.requires_tags;
-  auto inst = from_record(*rec.value(), tags, nullptr);
+  auto inst = instance_from_record(*rec.value(), nullptr);
   if (!inst.ok()) throw ApiError{"cannot read instance " + std::to_string(id) + ": " + inst.error().message};
   Instance& kept = instances_[id] = std::move(inst.value());
   ended_kept_.push_back(id);

@@ -348,7 +348,6 @@ void Master::forget_ended() {
   }
 }
 
-
 void Master::finish_commits() {
   if (!writer_) return;
   // Sending may find members unreachable, which writes again: a few rounds.
@@ -874,11 +873,8 @@ Status Master::restore() {
   }
   size_t queued = 0;
   std::shared_ptr<const InstanceSpec> previous;
-  static const std::vector<std::string> kNoTags;
   for (const auto& rec : c.instances) {
-    // Requirements are not stored per instance: they come from the job as it is now.
-    auto j = jobs_.find(rec.job);
-    auto inst = from_record(rec, j != jobs_.end() ? j->second.requires_tags : kNoTags, previous);
+    auto inst = instance_from_record(rec, previous);
     if (!inst.ok()) return make_error("stored instance " + std::to_string(rec.id) + ": " + inst.error().message);
     uint64_t id = rec.id;
     instances_[id] = std::move(inst.value());

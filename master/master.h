@@ -319,6 +319,10 @@ class Master {
   std::deque<uint64_t> ended_kept_;
   std::unordered_map<uint64_t, uint32_t> pinned_;  // id -> waiters that name it
   void forget_ended();
+  // An instance from its stored record; its requirements come from its job
+  // as it is now (they are not stored per instance).
+  Result<Instance> instance_from_record(const InstanceRecord& rec,
+                                        const std::shared_ptr<const InstanceSpec>& previous) const;
   // An ended instance no longer in memory, read back from the store (and
   // kept again for a while); null if the store does not have it.
   Instance* page_in(uint64_t id);

@@ -58,10 +58,7 @@ Result<std::vector<proto::StepSpec>> steps_from_json(const std::string& text) {
 std::string retry_to_json(const RetryPolicy& r) {
   // The default policy (most jobs) is stored as "" (schema 5), which
   // retry_from_json has always read as the default.
-  const RetryPolicy d;
-  if (r.attempts == d.attempts && r.backoff == d.backoff && r.max_backoff == d.max_backoff &&
-      r.on_failed == d.on_failed && r.on_timed_out == d.on_timed_out && r.on_lost == d.on_lost)
-    return {};
+  if (r == RetryPolicy{}) return {};
   // Otherwise formatted directly rather than through a json object
   // (retry_from_json reads either).
   char buf[200];

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "common/job_loader.h"
 #include "common/zmq_util.h"
@@ -145,7 +146,8 @@ void Master::stop_local_worker() {
 // ---- members -----------------------------------------------------------------
 
 // Held in the outbox until the turn is committed (end_turn): a member must
-// never run an assignment, nor drop a result, that the store does not know.
+// never drop a result, nor hear of a change, that the store does not know.
+// ASSIGNs may leave earlier (send_assigns_ahead).
 bool Master::send_bytes_to(Member& m, std::string bytes) {
   outbox_.push_back({m.socket, m.id, std::move(bytes), m.name, 0, 0, m.reads_batches});
   m.last_sent = Clock::now();
@@ -190,6 +192,7 @@ void Master::send_acks() {
 
 void Master::end_turn() {
   send_acks();
+  if (writer_) send_assigns_ahead();
   StoreWriter::Batch batch;
   if (writer_ && !dirty_.empty()) {
     batch.instances.reserve(dirty_.size());
@@ -235,7 +238,8 @@ void Master::end_turn() {
   if (!ops_.empty() || !batch.instances.empty() || batch.next_instance_id || batch.last_event_seq) {
     batch.ops = std::exchange(ops_, {});
     uint64_t n = writer_->submit(std::move(batch));
-    in_commit_.push_back({n, std::exchange(outbox_, {}), events, std::exchange(ended_turn_, {})});
+    in_commit_.push_back(
+        {n, std::exchange(outbox_, {}), events, std::exchange(ended_turn_, {}), std::exchange(ahead_turn_, {})});
     events_in_commit_ += events;
     return;
   }
@@ -247,12 +251,82 @@ void Master::end_turn() {
     outbox_.clear();
     last.ended.insert(last.ended.end(), ended_turn_.begin(), ended_turn_.end());
     ended_turn_.clear();
+    last.ahead.insert(last.ahead.end(), ahead_turn_.begin(), ahead_turn_.end());
+    ahead_turn_.clear();
     last.events += events;
     events_in_commit_ += events;
     return;
   }
   events_->flush();
   send_outgoing(outbox_);
+  allow_assign_ahead(std::exchange(ahead_turn_, {}));
+}
+
+// An ASSIGN need not wait for its turn's commit: nothing is lost if the
+// master dies before that commit, because the store still has the instance
+// queued and the restart waits for the members listed in ahead_members_ to
+// report what they run before it dispatches anything (adopt_assigned_ahead).
+// What does wait: the tap's events, answers, acknowledgements, CANCELs and
+// everything to a member whose admission is not committed yet (its WELCOME
+// goes first). Without this each slot waited for a commit per instance, and
+// the store cost ~40% of the noop rate (docs/performance.md, session 6).
+void Master::send_assigns_ahead() {
+  std::vector<Outgoing> ahead;
+  size_t kept = 0;
+  for (auto& o : outbox_) {
+    bool go = false;
+    if (o.assign_instance) {
+      auto it = members_.find(o.member);
+      go = it != members_.end() && it->second.assign_ahead;
+    }
+    if (go) ahead.push_back(std::move(o));
+    else if (&outbox_[kept++] != &o) outbox_[kept - 1] = std::move(o);
+  }
+  outbox_.resize(kept);
+  if (!ahead.empty()) send_outgoing(ahead);
+}
+
+void Master::allow_assign_ahead(const std::vector<std::string>& names) {
+  for (const auto& name : names) {
+    auto it = members_.find(name);
+    if (it != members_.end() && is_present(it->second.state) && ahead_members_.count(name))
+      it->second.assign_ahead = true;
+  }
+}
+
+void Master::store_ahead_members() {
+  std::string list;
+  for (const auto& name : ahead_members_) list += name + "\n";
+  write([list](Store& st) { return st.set_meta(kMetaAssignAheadMembers, list); });
+}
+
+bool Master::adopt_assigned_ahead(Instance& inst, Member& m) {
+  if (inst.retry_at) {
+    auto [b, e] = retries_.equal_range(*inst.retry_at);
+    for (auto it = b; it != e; ++it)
+      if (it->second == inst.id) {
+        retries_.erase(it);
+        break;
+      }
+    inst.retry_at.reset();
+  } else if (auto s = sched_.cancel_waiting(inst.id); !s.ok()) {
+    log::error("instance " + std::to_string(inst.id) + " cannot be taken back from its queue: " + s.error().message);
+    return false;
+  }
+  auto d = sched_.adopt(inst.id, inst.spec->queue, m.name);
+  if (!d.ok()) {
+    log::error("instance " + std::to_string(inst.id) + " cannot be taken back: " + d.error().message);
+    if (auto s = sched_.submit(inst.id, inst.spec->queue, inst.spec->priority, true, inst.spec->required_tags); !s.ok())
+      log::error("instance " + std::to_string(inst.id) + " cannot be re-queued: " + s.error().message);
+    return false;
+  }
+  inst.member = m.name;
+  inst.slot = d->slot;
+  m.in_flight.insert(inst.id);
+  transition(inst, InstanceEvent::Dispatch);
+  log::info("instance " + std::to_string(inst.id) + " attempt " + std::to_string(inst.attempt) + " runs on '" +
+            m.name + "', assigned ahead of a commit the crash prevented; taken back");
+  return true;
 }
 
 void Master::send_outgoing(std::vector<Outgoing>& out) {
@@ -327,6 +401,7 @@ void Master::take_commits() {
     events_in_commit_ -= done.events;
     send_outgoing(done.outbox);
     ended_kept_.insert(ended_kept_.end(), done.ended.begin(), done.ended.end());
+    allow_assign_ahead(done.ahead);
   }
   forget_ended();
 }
@@ -382,6 +457,8 @@ void Master::member_event(Member& m, MemberEvent e) {
     ev.type = m.state == MemberState::Lost ? "member.lost" : "member.left";
     events_->publish(ev);
     release_member_instances(m);
+    m.assign_ahead = false;
+    if (ahead_members_.erase(m.name)) store_ahead_members();
   } else if (m.state == MemberState::Active && !is_present(before)) {
     if (auto s = sched_.member_joined(m.name, m.local, static_cast<int>(m.slots), m.tags); !s.ok())
       log::error("member '" + m.name + "': " + s.error().message);
@@ -482,6 +559,13 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, uint3
   m.version = r.version;
   m.reads_batches = minor >= proto::kBatchMinor;
   m.last_seen = now;
+  // Its WELCOME (held until this turn is committed) must reach it before any
+  // ASSIGN does, and the store must list it before it is sent ASSIGNs ahead.
+  m.assign_ahead = false;
+  if (writer_) {
+    if (ahead_members_.insert(m.name).second) store_ahead_members();
+    ahead_turn_.push_back(m.name);
+  }
   if (!is_present(m.state)) {
     m.slots = r.slots;
     m.joined_us = wall_clock_us();
@@ -517,6 +601,9 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, uint3
     auto iit = instances_.find(ri.instance);
     bool ours = iit != instances_.end() && iit->second.member == m.name && iit->second.attempt == ri.attempt &&
                 (iit->second.state == InstanceState::Assigned || iit->second.state == InstanceState::Running);
+    if (!ours && awaited_ahead_.count(m.name) && iit != instances_.end() && iit->second.attempt == ri.attempt &&
+        iit->second.state == InstanceState::Queued && adopt_assigned_ahead(iit->second, m))
+      continue;
     if (!ours) {
       send_to(m, proto::Cancel{ri.instance, ri.attempt});
       continue;
@@ -539,6 +626,8 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, uint3
     unconfirmed_.erase(id);
     lose(instances_[id]);
   }
+  if (awaited_ahead_.erase(m.name) && awaited_ahead_.empty())
+    log::info("every member that could run instances assigned ahead of a commit is back: dispatching");
   dispatch_needed_ = true;
 }
 
@@ -728,6 +817,9 @@ void Master::on_finished(Member& m, const proto::Finished& f) {
 void Master::dispatch() {
   dispatch_needed_ = false;
   if (shutdown_deadline_) return;  // stopping: nothing new starts
+  // A queued instance may be running on a member not back yet (it was sent
+  // ahead of its commit): starting it elsewhere could run it twice at once.
+  if (!awaited_ahead_.empty()) return;
   auto starts = sched_.dispatch(Clock::now());
   if (starts.empty()) return;
   // Every credit is recorded before anything is sent: a failed send loses
@@ -893,12 +985,21 @@ Status Master::restore() {
   events_->continue_after(c.last_event_seq);
   stored_next_id_ = next_instance_id_;
   stored_event_seq_ = c.last_event_seq;
-  if (!unconfirmed_.empty()) reconcile_deadline_ = Clock::now() + opt_.reconcile_grace;
+  if (auto it = c.meta.find(kMetaAssignAheadMembers); it != c.meta.end()) {
+    std::istringstream names(it->second);
+    for (std::string name; std::getline(names, name);)
+      if (!name.empty()) ahead_members_.insert(name);
+  }
+  awaited_ahead_ = ahead_members_;
+  if (!unconfirmed_.empty() || !awaited_ahead_.empty()) reconcile_deadline_ = Clock::now() + opt_.reconcile_grace;
   next_prune_ = Clock::now() + std::chrono::seconds(10);
   log::info("store " + store_->path() + ": " + std::to_string(jobs_.size()) + " jobs, " +
             std::to_string(queues_.size() - 1) + " queues, " + std::to_string(queued) + " queued and " +
             std::to_string(unconfirmed_.size()) + " assigned or running instances (waiting up to " +
-            format_duration(opt_.reconcile_grace) + " for their workers)");
+            format_duration(opt_.reconcile_grace) + " for their workers)" +
+            (awaited_ahead_.empty() ? std::string()
+                                    : "; dispatching once " + std::to_string(awaited_ahead_.size()) +
+                                          " members that may run instances assigned ahead of a commit are back"));
   dispatch_needed_ = true;
   return {};
 }
@@ -907,6 +1008,15 @@ Status Master::restore() {
 void Master::expire_unconfirmed(Clock::time_point now) {
   if (!reconcile_deadline_ || now < *reconcile_deadline_) return;
   reconcile_deadline_.reset();
+  if (!awaited_ahead_.empty()) {
+    std::string names;
+    for (const auto& name : awaited_ahead_) names += (names.empty() ? "'" : ", '") + name + "'";
+    log::warn("not back within the reconcile grace: " + names + "; dispatching");
+    for (const auto& name : awaited_ahead_) ahead_members_.erase(name);
+    awaited_ahead_.clear();
+    store_ahead_members();
+    dispatch_needed_ = true;
+  }
   auto left = std::move(unconfirmed_);
   unconfirmed_.clear();
   for (const auto& [id, member] : left) {
@@ -1101,6 +1211,11 @@ int Master::run() {
     end_turn();
     if (fatal_) return 1;
     if (shutdown_deadline_ && pending_runs_.empty() && (in_flight_total() == 0 || after >= *shutdown_deadline_)) break;
+  }
+  // A clean stop commits every ASSIGN: a restart need not wait for anyone.
+  if (writer_ && !fatal_) {
+    ahead_members_.clear();
+    store_ahead_members();
   }
   finish_commits();
   shut_down();

@@ -85,6 +85,10 @@ struct Member {
   int64_t joined_us = 0;
   uint64_t finished = 0;
   uint64_t last_assigned = 0;  // dispatch counter at its latest assignment
+  // Its ASSIGNs go out in the turn that makes them, ahead of that turn's
+  // commit: set once a commit has stored its name among the members a
+  // restart waits for (docs/durability.md, "Assignments ahead of the commit").
+  bool assign_ahead = false;
 };
 
 struct Transition {
@@ -243,6 +247,16 @@ class Master {
     if (writer_) ops_.push_back(std::move(op));
   }
   void expire_unconfirmed(Clock::time_point now);
+  // --- assignments sent ahead of their commit (docs/durability.md)
+  // Sends this turn's ASSIGNs to members with assign_ahead now.
+  void send_assigns_ahead();
+  // Writes ahead_members_ to the store (meta "assign_ahead_members").
+  void store_ahead_members();
+  // Their READY turn is committed: members still present get assign_ahead.
+  void allow_assign_ahead(const std::vector<std::string>& names);
+  // After a crash, a member that was sent ASSIGNs ahead reports `inst`
+  // running at the attempt the store has queued: it is that member's again.
+  bool adopt_assigned_ahead(Instance& inst, Member& m);
   void prune(Clock::time_point now);
   // --- triggers
   void fire_due_triggers();
@@ -346,9 +360,10 @@ class Master {
     std::string peer;
     std::string bytes;
     std::string member;  // non-empty: a member, lost if the send fails
-    // An ASSIGN: the attempt it starts. It is not sent if, by the time its
-    // turn is committed, that attempt was already declared lost (a worker
-    // that re-registered meanwhile): a stale ASSIGN would start a copy.
+    // An ASSIGN: the attempt it starts. It is not sent if, by the time it
+    // leaves (its turn committed, or at once for a member with
+    // assign_ahead), that attempt has ended meanwhile (a worker that
+    // re-registered): a stale ASSIGN would start a copy.
     uint64_t assign_instance = 0;
     uint32_t assign_attempt = 0;
     bool batchable = false;  // a member that reads BATCH: goes out with its other messages in one frame
@@ -371,6 +386,7 @@ class Master {
     std::vector<Outgoing> outbox;
     size_t events;
     std::vector<uint64_t> ended;  // instances whose end this turn writes
+    std::vector<std::string> ahead;  // members that may get ASSIGNs ahead once this is committed
   };
   std::deque<InCommit> in_commit_;
   size_t events_in_commit_ = 0;  // sum of in_commit_[*].events
@@ -379,6 +395,14 @@ class Master {
   // id -> member, until their member reports them or the grace ends.
   std::map<uint64_t, std::string> unconfirmed_;
   std::optional<Clock::time_point> reconcile_deadline_;
+  // Members that may have been sent ASSIGNs the store does not know yet, as
+  // the store lists them (ahead_members_), the members whose READY this turn
+  // makes eligible once committed (ahead_turn_), and, after a restart, the
+  // listed members not back yet: nothing is dispatched until they all
+  // reported what they run, or the reconcile grace ends (awaited_ahead_).
+  std::set<std::string> ahead_members_;
+  std::vector<std::string> ahead_turn_;
+  std::set<std::string> awaited_ahead_;
   Clock::time_point next_prune_{};
   Clock::time_point member_deadline_{};  // on_timer sweeps the members from then
   uint64_t stored_next_id_ = 0, stored_event_seq_ = 0;  // last values written to the store

@@ -127,6 +127,10 @@ void merge_into(InstanceChange& earlier, InstanceChange&& later);
 // prune_history() never removes them. Every other state is final.
 bool is_live(InstanceState s);
 
+// Meta key: the members that may have been sent ASSIGNs not committed yet,
+// one name per line (docs/durability.md, "Assignments ahead of the commit").
+inline constexpr const char* kMetaAssignAheadMembers = "assign_ahead_members";
+
 // What the master needs to come back after a restart.
 struct StoreContents {
   std::vector<JobRecord> jobs;      // in the order they were first put

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -23,6 +25,9 @@ constexpr size_t kGroupChanges = 512;
 }  // namespace
 
 StoreWriter::StoreWriter(std::unique_ptr<Store> store) : store_(std::move(store)) {
+  // Fault injection for the cluster tests only (docs/durability.md): while
+  // this file exists, nothing is committed, as if the disk had stalled.
+  if (const char* f = std::getenv("ZFORCE_TEST_STALL_COMMITS")) stall_file_ = f;
   event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (event_fd_ < 0) throw std::runtime_error(std::string("cannot create the store writer's eventfd: ") + std::strerror(errno));
   if (store_->sync() == StoreOptions::Sync::Full) {
@@ -194,6 +199,8 @@ void StoreWriter::run() {
     if (failed) {
       status = make_error("an earlier commit to the store failed");
     } else {
+      while (!stall_file_.empty() && ::access(stall_file_.c_str(), F_OK) == 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
       store_->begin_turn();
       status = write_group(group);
       pending_.clear();  // after a failure: what was left unwritten

@@ -103,6 +103,7 @@ class StoreWriter {
   void signal_done();
 
   std::unique_ptr<Store> store_;
+  std::string stall_file_;  // ZFORCE_TEST_STALL_COMMITS (tests only)
   // Writer thread only: the instance changes of the group not written yet,
   // in the batches that hold them (reused from group to group).
   std::vector<InstanceChange*> pending_;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -539,18 +540,23 @@ void append_json_string(std::string& out, std::string_view v) {
 // One history entry as a line of the `history` column:
 // [seq,"state",ts_us,attempt,"member",exit_code or null] and a newline.
 void append_history_line(std::string& out, const TransitionRecord& t) {
+  // to_chars, not to_string: a 16-digit time does not fit std::string's
+  // inline buffer, and this runs for every transition the writer stores.
+  char num[24];
+  auto add = [&](auto v) { out.append(num, static_cast<size_t>(std::to_chars(num, num + sizeof num, v).ptr - num)); };
   out += '[';
-  out += std::to_string(t.seq);
+  add(t.seq);
   out += ',';
   append_json_string(out, state_name(t.state));
   out += ',';
-  out += std::to_string(t.ts_us);
+  add(t.ts_us);
   out += ',';
-  out += std::to_string(t.attempt);
+  add(t.attempt);
   out += ',';
   append_json_string(out, t.member);
   out += ',';
-  out += t.exit_code ? std::to_string(*t.exit_code) : std::string("null");
+  if (t.exit_code) add(*t.exit_code);
+  else out += "null";
   out += "]\n";
 }
 

@@ -190,21 +190,41 @@ void Master::send_acks() {
   acks_.clear();
 }
 
+bool Master::may_defer_progress(const Instance& inst) const {
+  if (inst.state == InstanceState::Running) return true;  // the store has it assigned: reconciled as such
+  // The store has it queued: safe only where a restart waits for the member
+  // (assign_ahead); otherwise its ASSIGN waits for this write.
+  auto it = members_.find(inst.member);
+  return inst.state == InstanceState::Assigned && it != members_.end() && it->second.assign_ahead;
+}
+
 void Master::end_turn() {
   send_acks();
   if (writer_) send_assigns_ahead();
   StoreWriter::Batch batch;
-  if (writer_ && !dirty_.empty()) {
+  const auto now = Clock::now();
+  // Progress (assigned, running) is written with the instance's next change,
+  // or kProgressDeferral later: a noop's result usually comes first, and one
+  // row write then carries all three (docs/durability.md).
+  const bool write_deferred = finishing_ || (deferred_until_ && now >= *deferred_until_);
+  std::vector<uint64_t> still_deferred;
+  if (writer_ && (!dirty_.empty() || !deferred_.empty())) {
+    dirty_.insert(dirty_.end(), deferred_.begin(), deferred_.end());  // still dirty: mark_dirty skipped them
+    deferred_.clear();
     batch.instances.reserve(dirty_.size());
     for (uint64_t id : dirty_) {
       auto it = instances_.find(id);
       if (it == instances_.end()) continue;
       Instance& inst = it->second;
-      inst.dirty = false;
-      InstanceChange& c = batch.instances.emplace_back();
       // Assigned and running change only a few columns of a row already stored.
       bool progress_only = inst.persisted_transitions > 0 && !inst.cancel_requested &&
                            (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
+      if (progress_only && !write_deferred && may_defer_progress(inst)) {
+        still_deferred.push_back(id);
+        continue;
+      }
+      inst.dirty = false;
+      InstanceChange& c = batch.instances.emplace_back();
       if (inst.persisted_transitions == 0) {
         c.kind = InstanceChange::Kind::Insert;  // a new row needs everything
         c.rec = to_record(inst);
@@ -234,7 +254,13 @@ void Master::end_turn() {
     if (events_->last_seq() != stored_event_seq_) batch.last_event_seq = stored_event_seq_ = events_->last_seq();
   }
   dirty_.clear();
-  size_t events = events_->held_count() - events_in_commit_;
+  deferred_ = std::move(still_deferred);
+  if (deferred_.empty()) deferred_until_.reset();
+  else if (!deferred_until_) deferred_until_ = now + kProgressDeferral;
+  // The tap says only what is stored: while a change is deferred, the events
+  // made since wait for the batch that writes it (they are attributed to no
+  // turn until then, and go out in order with that batch).
+  size_t events = deferred_.empty() ? events_->held_count() - events_in_commit_ : 0;
   if (!ops_.empty() || !batch.instances.empty() || batch.next_instance_id || batch.last_event_seq) {
     batch.ops = std::exchange(ops_, {});
     uint64_t n = writer_->submit(std::move(batch));
@@ -257,7 +283,7 @@ void Master::end_turn() {
     events_in_commit_ += events;
     return;
   }
-  events_->flush();
+  if (deferred_.empty()) events_->flush();
   send_outgoing(outbox_);
   allow_assign_ahead(std::exchange(ahead_turn_, {}));
 }
@@ -425,9 +451,10 @@ void Master::forget_ended() {
 
 void Master::finish_commits() {
   if (!writer_) return;
+  finishing_ = true;  // nothing is deferred any more
   // Sending may find members unreachable, which writes again: a few rounds.
   for (int round = 0; round < 5 && !fatal_; ++round) {
-    if (!ops_.empty() || !outbox_.empty()) end_turn();
+    if (!ops_.empty() || !outbox_.empty() || !deferred_.empty()) end_turn();
     if (in_commit_.empty()) break;
     writer_->wait_all();
     take_commits();
@@ -909,6 +936,7 @@ Clock::time_point Master::next_wakeup(Clock::time_point now) const {
   if (!retries_.empty()) t = std::min(t, retries_.begin()->first);
   if (shutdown_deadline_) t = std::min(t, *shutdown_deadline_);
   if (reconcile_deadline_) t = std::min(t, *reconcile_deadline_);
+  if (deferred_until_) t = std::min(t, *deferred_until_);
   if (store_) t = std::min(t, next_prune_);
   if (auto d = triggers_.next_deadline()) {
     // Trigger times are wall-clock; the loop sleeps on the steady clock.

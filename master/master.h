@@ -235,6 +235,10 @@ class Master {
   // events go out. A master that cannot commit stops (exit 1): it must not
   // answer what it could not store.
   void end_turn();
+  // Whether an assigned or running instance's progress may wait for its next
+  // change (end_turn): the store's older state must be one a restart
+  // reconciles with its member.
+  bool may_defer_progress(const Instance& inst) const;
   // Why `adding` more instances may not wait in `queue` (max_queued), or none.
   std::optional<std::string> queue_full(const std::string& queue, uint64_t adding) const;
   // Sends what committed turns held back (writer fd readable); a failed
@@ -354,6 +358,12 @@ class Master {
   std::unique_ptr<StoreWriter> writer_;
   std::vector<StoreWriter::Op> ops_;  // this turn's writes, submitted by end_turn
   std::vector<uint64_t> dirty_;  // instances changed in this loop turn (each once: Instance::dirty)
+  // Instances whose assigned/running progress is not written yet (they stay
+  // Instance::dirty), and when it is written at the latest.
+  std::vector<uint64_t> deferred_;
+  std::optional<Clock::time_point> deferred_until_;
+  static constexpr auto kProgressDeferral = std::chrono::milliseconds(20);
+  bool finishing_ = false;  // finish_commits: write everything now
   // Messages to members and clients, sent after the turn is committed.
   struct Outgoing {
     zmq::socket_t* socket;

@@ -189,6 +189,23 @@ TEST_CASE("an instance assigned ahead of a commit the crash prevented is taken b
     if (e["type"].get<std::string>().starts_with("instance.")) CHECK(e.value("member", "w1") != "w2");
 }
 
+// Assigned and running are written with the instance's next change or a
+// little later (Master::end_turn, kProgressDeferral), and the tap waits for
+// that write: when the tap says running, the store says so too.
+TEST_CASE("the tap reports assigned and running only once the store has them") {
+  Cluster c;
+  c.start_master();
+  c.connect_tap();
+  c.start_worker("w1", 8);
+  REQUIRE(c.wait_for([&] { return c.count("member.joined") == 1; }, 10s));
+  auto job = c.write_file("s.toml", "name = \"s\"\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"3s\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "s", "--count", "8"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.running") == 8; }, 10s));
+  auto rows = sql(c, "SELECT state FROM instances ORDER BY id;");
+  CHECK(rows == std::vector<std::string>(8, "running"));
+}
+
 TEST_CASE("SIGKILL of the master 20 times while 2,000 instances are submitted and run") {
   Cluster c;
   const std::string grace = "5s";

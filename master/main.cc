@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/allocator.h"
 #include "common/curve_keys.h"
 #include "common/duration.h"
 #include "common/log.h"
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
 
   zf::log::set_component("master");
   if (verbose) zf::log::set_min_level(zf::log::Level::Debug);
+  zf::log::info("memory allocator: " + zf::allocator_description());
   raise_fd_limit();
   auto hb = zf::parse_duration(heartbeat);
   if (!hb.ok() || hb->count() < 10) {

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 packages=(g++ pkg-config meson ninja-build libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
           libcli11-dev doctest-dev libsqlite3-dev libtomlplusplus-dev nlohmann-json3-dev
-          tzdata procps sqlite3)
+          libjemalloc-dev tzdata procps sqlite3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/allocator.h"
 #include "common/curve_keys.h"
 #include "common/duration.h"
 #include "common/log.h"
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
   }
   zf::log::set_component("worker " + opt.name);
   if (verbose) zf::log::set_min_level(zf::log::Level::Debug);
+  zf::log::info("memory allocator: " + zf::allocator_description());
   if (key_file.empty() != master_key_file.empty()) {
     std::fprintf(stderr, "zforce-worker: --key and --master-key go together (CURVE needs both)\n");
     return 64;

@@ -39,6 +39,12 @@ bool is_mechanism_mismatch(int code) { return code == ZMQ_PROTOCOL_ERROR_ZMTP_ME
 
 HandshakeMonitor::HandshakeMonitor(zmq::context_t& ctx) : pair_(ctx, zmq::socket_type::pair) {}
 
+HandshakeMonitor::~HandshakeMonitor() {
+  // Stop before the PAIR closes (see the header): after this libzmq sends no
+  // more events.
+  if (monitored_ && monitored_->handle()) (void)zmq_socket_monitor(monitored_->handle(), nullptr, 0);
+}
+
 Result<std::unique_ptr<HandshakeMonitor>> HandshakeMonitor::attach(zmq::context_t& ctx, zmq::socket_t& s) {
   // One endpoint per monitor, never reused: a stopped monitor's endpoint may
   // still be bound for a moment after its socket closed.
@@ -50,6 +56,7 @@ Result<std::unique_ptr<HandshakeMonitor>> HandshakeMonitor::attach(zmq::context_
   if (zmq_socket_monitor(s.handle(), endpoint.c_str(), events) != 0)
     return make_error(std::string("cannot monitor the socket: ") + zmq_strerror(zmq_errno()));
   std::unique_ptr<HandshakeMonitor> m(new HandshakeMonitor(ctx));
+  m->monitored_ = &s;
   try {
     m->pair_.set(zmq::sockopt::linger, 0);
     m->pair_.connect(endpoint);

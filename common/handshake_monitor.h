@@ -7,8 +7,13 @@
 // asked (a peer without keys, a wrong master.pub, replayed or forged bytes).
 //
 // Attach before connect/bind: events of a connection made earlier are lost.
-// Poll socket() for ZMQ_POLLIN, then take(). The monitor stops with the
-// monitored socket; destroying the monitor first is fine too.
+// Poll socket() for ZMQ_POLLIN, then take(). Destroy the monitor before the
+// monitored socket (declare it after): its destructor stops the monitoring
+// first. libzmq's I/O thread sends each event to the monitor's PAIR with a
+// blocking send; with the PAIR gone and the socket still monitored, the next
+// event (a reconnect's handshake) blocked that thread for good, and with it
+// every socket of the context: a worker that had lost the master never got
+// through to it again.
 //
 // Thread contract: the monitor and its socket belong to the thread that owns
 // the monitored socket.
@@ -47,6 +52,7 @@ class HandshakeMonitor {
   // Starts monitoring `s` (handshake events only) over a fresh inproc endpoint of `ctx`.
   static Result<std::unique_ptr<HandshakeMonitor>> attach(zmq::context_t& ctx, zmq::socket_t& s);
 
+  ~HandshakeMonitor();
   HandshakeMonitor(const HandshakeMonitor&) = delete;
   HandshakeMonitor& operator=(const HandshakeMonitor&) = delete;
 
@@ -58,6 +64,7 @@ class HandshakeMonitor {
  private:
   explicit HandshakeMonitor(zmq::context_t& ctx);
   zmq::socket_t pair_;
+  zmq::socket_t* monitored_ = nullptr;  // must outlive this
 };
 
 }  // namespace zf

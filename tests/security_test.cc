@@ -13,11 +13,13 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <zmq.hpp>
 
 #include "common/curve_keys.h"
+#include "common/handshake_monitor.h"
 #include "master/zap_handler.h"
 
 namespace fs = std::filesystem;
@@ -682,4 +684,39 @@ TEST_CASE("without keys the handler admits everything as 'local'") {
   auto second = zf::ZapHandler::create_open(ctx);
   REQUIRE_FALSE(second.ok());
   CHECK(second.error().message.find("zeromq.zap.01") != std::string::npos);
+}
+
+// libzmq's I/O thread sends monitor events with a blocking send: a monitor
+// whose PAIR was closed while its socket was still monitored blocked that
+// thread at the socket's next handshake, and every socket of the context
+// with it (a worker never got through to a restarted master). The monitor
+// now stops the monitoring when it goes.
+TEST_CASE("a handshake monitor that goes away leaves the context's I/O thread free") {
+  zmq::context_t ctx(1);  // one I/O thread, as the worker has
+  zmq::socket_t server(ctx, zmq::socket_type::router);
+  server.set(zmq::sockopt::linger, 0);
+  server.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = server.get(zmq::sockopt::last_endpoint);
+  zmq::socket_t watched(ctx, zmq::socket_type::dealer);
+  watched.set(zmq::sockopt::linger, 0);
+  {
+    auto monitor = zf::HandshakeMonitor::attach(ctx, watched);
+    REQUIRE(monitor.ok());
+  }  // gone before the handshake below
+  for (int i = 0; i < 5; ++i) {  // handshakes, each an event if still monitored
+    watched.connect(endpoint);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    watched.disconnect(endpoint);
+  }
+  // Another pair in the same context still gets a message through.
+  zmq::socket_t a(ctx, zmq::socket_type::pair), b(ctx, zmq::socket_type::pair);
+  a.set(zmq::sockopt::linger, 0);
+  b.set(zmq::sockopt::linger, 0);
+  a.bind("tcp://127.0.0.1:*");
+  b.connect(a.get(zmq::sockopt::last_endpoint));
+  b.send(zmq::str_buffer("ping"), zmq::send_flags::none);
+  a.set(zmq::sockopt::rcvtimeo, 3000);
+  zmq::message_t got;
+  CHECK(a.recv(got));
+  CHECK(got.to_string() == "ping");
 }

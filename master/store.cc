@@ -392,12 +392,6 @@ Result<DbPtr> open_read_write(const std::string& path, int flags, const StoreOpt
   // Keep the WAL file from staying large after a burst (bytes).
   if (auto s = exec(db.get(), path, "PRAGMA journal_size_limit = 67108864", "cannot set journal_size_limit"); !s.ok())
     return s.error();
-  // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: rows in flight
-  // are rewritten in group after group, and a checkpoint copies each page
-  // once however often the WAL holds it. The writer's CPU per noop instance
-  // fell by about an eighth (docs/durability.md, "Operating notes").
-  if (auto s = exec(db.get(), path, "PRAGMA wal_autocheckpoint = 10000", "cannot set wal_autocheckpoint"); !s.ok())
-    return s.error();
   return db;
 }
 

@@ -4,16 +4,14 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <doctest/doctest.h>
 
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -79,44 +77,20 @@ Cluster::~Cluster() {
 }
 
 pid_t Cluster::spawn(const std::vector<std::string>& argv, const std::string& log_name) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
   std::string out = dir_ + "/" + log_name + ".out";
   std::string err = dir_ + "/" + log_name + ".err";
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
-  // fork + exec rather than posix_spawn, for PR_SET_PDEATHSIG: a test binary
-  // killed before its destructors run (a CI timeout, a cut output pipe) takes
-  // every process it started with it, instead of leaving a cluster running.
-  // The child reports a failed exec through a close-on-exec pipe.
-  int report[2];
-  REQUIRE(::pipe2(report, O_CLOEXEC) == 0);
-  const pid_t parent = ::getpid();
-  pid_t pid = ::fork();
-  REQUIRE_MESSAGE(pid >= 0, "cannot fork to start " << argv[0]);
-  if (pid == 0) {  // only async-signal-safe calls from here on
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);  // the test died before prctl
-    int in = ::open("/dev/null", O_RDONLY);
-    int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || o < 0 || e < 0 || ::dup2(in, 0) < 0 || ::dup2(o, 1) < 0 || ::dup2(e, 2) < 0) {
-      int code = errno;
-      (void)!::write(report[1], &code, sizeof code);
-      ::_exit(127);
-    }
-    ::execve(args[0], args.data(), environ);
-    int code = errno;
-    (void)!::write(report[1], &code, sizeof code);
-    ::_exit(127);
-  }
-  ::close(report[1]);
-  int code = 0;
-  ssize_t n;
-  do n = ::read(report[0], &code, sizeof code);
-  while (n < 0 && errno == EINTR);
-  ::close(report[0]);
-  if (n > 0) ::waitpid(pid, nullptr, 0);
-  REQUIRE_MESSAGE(n == 0, "cannot start " << argv[0] << ": " << std::strerror(code));
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  REQUIRE_MESSAGE(rc == 0, "cannot start " << argv[0]);
   pids_.push_back(pid);
   return pid;
 }

@@ -626,10 +626,11 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, uint3
   for (const auto& ri : r.running) {
     reported.insert(ri.instance);
     auto iit = instances_.find(ri.instance);
-    bool ours = iit != instances_.end() && iit->second.member == m.name && iit->second.attempt == ri.attempt &&
+    const bool same_attempt = iit != instances_.end() && iit->second.attempt == ri.attempt;
+    bool ours = same_attempt && iit->second.member == m.name &&
                 (iit->second.state == InstanceState::Assigned || iit->second.state == InstanceState::Running);
-    if (!ours && awaited_ahead_.count(m.name) && iit != instances_.end() && iit->second.attempt == ri.attempt &&
-        iit->second.state == InstanceState::Queued && adopt_assigned_ahead(iit->second, m))
+    if (!ours && same_attempt && iit->second.state == InstanceState::Queued && awaited_ahead_.count(m.name) &&
+        adopt_assigned_ahead(iit->second, m))
       continue;
     if (!ours) {
       send_to(m, proto::Cancel{ri.instance, ri.attempt});

@@ -39,10 +39,35 @@ void BenchClient::sync_tap() {
   die("the tap never came alive");
 }
 
-nlohmann::json BenchClient::call(const std::string& op, const nlohmann::json& args, Clock::duration timeout) {
+uint64_t BenchClient::send_request(const std::string& op, const nlohmann::json& args) {
   proto::ApiRequest req{++req_, op, args};
   std::string bytes = proto::encode(req);
   api_.send(zmq::buffer(bytes), zmq::send_flags::none);
+  return req.req;
+}
+
+std::optional<proto::ApiReply> BenchClient::take_reply() {
+  zmq::message_t m;
+  while (api_.recv(m, zmq::recv_flags::dontwait)) {
+    auto d = proto::decode(m.data(), m.size());
+    auto* msg = std::get_if<proto::Message>(&d);
+    auto* rep = msg ? std::get_if<proto::ApiReply>(msg) : nullptr;
+    if (!rep) continue;
+    if (!rep->ok) die("request " + std::to_string(rep->req) + ": " + rep->error);
+    return std::move(*rep);
+  }
+  return std::nullopt;
+}
+
+void BenchClient::wait_any(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  if (left.count() <= 0) return;
+  zmq::pollitem_t items[] = {{api_.handle(), 0, ZMQ_POLLIN, 0}, {sub_.handle(), 0, ZMQ_POLLIN, 0}};
+  zmq::poll(items, 2, std::min(left, std::chrono::milliseconds(100)));
+}
+
+nlohmann::json BenchClient::call(const std::string& op, const nlohmann::json& args, Clock::duration timeout) {
+  const uint64_t req = send_request(op, args);
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
     zmq::pollitem_t item{api_.handle(), 0, ZMQ_POLLIN, 0};
@@ -52,7 +77,7 @@ nlohmann::json BenchClient::call(const std::string& op, const nlohmann::json& ar
     auto d = proto::decode(m.data(), m.size());
     auto* msg = std::get_if<proto::Message>(&d);
     auto* rep = msg ? std::get_if<proto::ApiReply>(msg) : nullptr;
-    if (!rep || rep->req != req.req) continue;
+    if (!rep || rep->req != req) continue;
     if (!rep->ok) die(op + ": " + rep->error);
     return rep->result;
   }

@@ -33,6 +33,14 @@ class BenchClient {
   nlohmann::json call(const std::string& op, const nlohmann::json& args, Clock::duration timeout);
   // The next tap event before the deadline, if any.
   std::optional<proto::Event> next_event(Clock::time_point deadline);
+  // Without waiting: sends op(args) and returns its request number; its
+  // reply comes from take_reply(). Not to be mixed with call(), which drops
+  // replies to other requests.
+  uint64_t send_request(const std::string& op, const nlohmann::json& args);
+  // A reply that has arrived, if any; dies on an error reply.
+  std::optional<proto::ApiReply> take_reply();
+  // Waits until the api or the tap has something to read, or the deadline.
+  void wait_any(Clock::time_point deadline);
   [[noreturn]] void die(const std::string& why) const { bench::die(program_, why); }
 
  private:

@@ -11,14 +11,16 @@
 //                               the first end, so it includes the later calls
 //       [--backlog Q --refill B]
 //                               Q are already waiting; keep about Q waiting: B more are
-//                               submitted whenever the queue's own count (queue.show,
-//                               asked again as soon as it answers), plus what was
-//                               submitted since it was asked, is Q - B or less. Submissions
-//                               do not wait for each other's replies (up to 4 at once): a
-//                               queue of 1,000 lasts about 10 ms at 100,000/s, a reply
-//                               after a commit about as long. (A refill after every B ends
-//                               seen on the tap, which arrive late, left such a queue empty
-//                               much of the time.)
+//                               submitted whenever the queue's own count (queue.show, asked
+//                               again as soon as it answers), plus what was submitted since,
+//                               minus what the ends' rate says was dispatched since, is
+//                               Q - B or less (never beyond the queue's max_queued).
+//                               Submissions do not wait for each other's replies (up to 8
+//                               at once): a queue of 1,000 lasts about 10 ms at 100,000/s,
+//                               and a reply, which waits for a commit, 5-20 ms under load.
+//                               (A refill after every B ends seen on the tap, which come
+//                               late, left such a queue empty most of the time.) Prints
+//                               how the sampled count went.
 //       [--queue NAME]          the job's queue, for the refill (default "default")
 //       [--ready-file PATH]     created once the tap is live (start the workers after it)
 //       [--timeout S]           give up after S seconds (default 600)

@@ -7,8 +7,11 @@
 //
 //   zforce-bench-dispatch --api EP --events EP --job NAME --count K
 //       [--submit N]            submit N instances once the tap is live, in calls of
-//       [--batch B]             B (default 100,000, the api's limit); the window starts at
-//                               the first end, so it includes the later calls
+//       [--batch B]             B (default 100,000, the api's limit); the figure counts the
+//                               ends stamped after the last call was answered (the master
+//                               no longer takes submissions in: a backlog is being
+//                               dispatched, as with --backlog), the details line also the
+//                               rate from the first end
 //       [--backlog Q --refill B]
 //                               Q are already waiting; keep about Q waiting: B more are
 //                               submitted whenever the queue's own count (queue.show, asked
@@ -183,6 +186,15 @@ int main(int argc, char** argv) {
   auto t_submit = Clock::now();
   if (a.submit > 0) p.run(a.job, a.submit, a.batch);
   double submit_s = std::chrono::duration<double>(Clock::now() - t_submit).count();
+  // With --submit, the figure counts the ends stamped after the last call
+  // was answered: until then the master also takes the submissions in.
+  const int64_t submitted_us =
+      a.submit > 0 ? std::chrono::duration_cast<std::chrono::microseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())  // the clock of the events' ts
+                         .count()
+                   : 0;
+  uint64_t late_ends = 0;        // ends stamped after submitted_us
+  int64_t ts_first_late = 0;     // the first of them
 
   auto deadline = Clock::now() + std::chrono::seconds(a.timeout_s);
   std::optional<Refiller> refiller;
@@ -210,6 +222,7 @@ int main(int argc, char** argv) {
       t_first = Clock::now();
     }
     ++ended;
+    if (e->ts_us >= submitted_us && late_ends++ == 0) ts_first_late = e->ts_us;
     ts_last = e->ts_us;
     t_last = Clock::now();
     if (e->type != "instance.succeeded") ++failed;
@@ -217,7 +230,15 @@ int main(int argc, char** argv) {
   double span = static_cast<double>(ts_last - ts_first) / 1e6;
   double wall = std::chrono::duration<double>(t_last - t_first).count();
   if (span <= 0) die("the window has no length");
-  std::printf("dispatch_per_s: %.1f\n", static_cast<double>(a.count - 1) / span);
+  if (a.submit > 0) {
+    const double late_span = static_cast<double>(ts_last - ts_first_late) / 1e6;
+    if (late_ends < 2 || late_span <= 0) die("fewer than 2 ends after the submission: submit more");
+    std::printf("dispatch_per_s: %.1f\n", static_cast<double>(late_ends - 1) / late_span);
+    std::printf("# after the submission: %llu ends in %.3f s; from the first end, submission included: %.1f/s\n",
+                static_cast<unsigned long long>(late_ends), late_span, static_cast<double>(a.count - 1) / span);
+  } else {
+    std::printf("dispatch_per_s: %.1f\n", static_cast<double>(a.count - 1) / span);
+  }
   std::printf("# dispatch: %llu ends of %s in %.3f s on the master's clock (%.3f s as received here, %.1f/s), "
               "%llu not succeeded; submitted %llu first (%.2f s), %llu refills of %llu; waiting (the queue's "
               "count, as often as it answers; -1: not asked) %lld..%lld\n",

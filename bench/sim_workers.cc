@@ -4,7 +4,9 @@
 //
 //  * READY (name = routing id, slots, running = its unacknowledged results)
 //    on every (re)connection; WELCOME sets the heartbeat and liveness.
-//  * ASSIGN: STARTED, then at once FINISHED. Steps that are all
+//  * ASSIGN: STARTED, then at once FINISHED, in one BATCH frame when the
+//    master reads batches (its WELCOME is protocol 1.1 or later), as the
+//    worker sends what one turn of its loop produced. Steps that are all
 //    `builtin = "noop"` succeed (exit 0); anything else fails with exit code 2
 //    ("this simulated worker runs only builtin noop"), as a worker without the
 //    builtin would. An ASSIGN repeating an unacknowledged result is answered
@@ -125,6 +127,7 @@ struct SimWorker {
   Clock::time_point last_recv{};
   Clock::time_point last_sent{};
   std::map<uint64_t, proto::Finished> unacked;  // results until FINISHED_ACK
+  bool master_reads_batches = false;  // from its WELCOME
   bool draining = false;
   int fd = -1;        // the socket's ZMQ_FD, in the loop's epoll set
   uint64_t turn = 0;  // the loop turn that last read it
@@ -218,7 +221,8 @@ class Loop {
 
   // One frame, or one message of a BATCH (from a 1.1 master), as the worker does.
   void handle_frame(SimWorker& w, const void* data, size_t size, bool in_batch, Clock::time_point now) {
-    auto d = proto::decode(data, size);
+    uint32_t minor = 0;
+    auto d = proto::decode(data, size, &minor);
     auto* m = std::get_if<proto::Message>(&d);
     if (!m || (in_batch && std::holds_alternative<proto::Batch>(*m))) {
       ++totals_.malformed;
@@ -229,12 +233,14 @@ class Loop {
         if (w.socket) handle_frame(w, part.data(), part.size(), true, now);
       return;
     }
+    if (std::holds_alternative<proto::Welcome>(*m)) w.master_reads_batches = minor >= proto::kBatchMinor;
     handle(w, *m, now);
   }
 
-  void send(SimWorker& w, const proto::Message& m) {
+  void send(SimWorker& w, const proto::Message& m) { send_frame(w, proto::encode(m)); }
+
+  void send_frame(SimWorker& w, const std::string& bytes) {
     if (!w.socket) return;
-    std::string bytes = proto::encode(m);
     (void)zf::send_multipart(*w.socket, {bytes});  // as the worker: a full HWM is covered by resend-after-reconnect
     w.last_sent = Clock::now();
   }
@@ -335,7 +341,6 @@ class Loop {
       send(w, it->second);  // the master missed our result: repeat it
       return;
     }
-    send(w, proto::Started{a.instance, a.attempt});
     proto::Finished f;
     f.instance = a.instance;
     f.attempt = a.attempt;
@@ -350,7 +355,14 @@ class Loop {
         break;
       }
     ++(f.status == "succeeded" ? totals_.succeeded : totals_.failed);
-    send(w, f);
+    if (w.master_reads_batches) {
+      const std::string both[] = {proto::encode(proto::Message{proto::Started{a.instance, a.attempt}}),
+                                  proto::encode(proto::Message{f})};
+      send_frame(w, proto::encode_batch(both));
+    } else {
+      send(w, proto::Started{a.instance, a.attempt});
+      send(w, f);
+    }
     w.unacked.insert_or_assign(a.instance, std::move(f));  // a newer attempt replaces an older one
   }
 

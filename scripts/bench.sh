@@ -408,7 +408,8 @@ if want workers-1000; then
       --submit "$SIM_N" --batch 5000) ||
       { echo "the dispatch probe failed: $out" >&2; exit 1; }
     sim_rate+=("$(sed -n 's/^dispatch_per_s: //p' <<<"$out")")
-    note "run $r: ${sim_rate[-1]}/s; $(sed -n 's/^# dispatch: //p' <<<"$out");" \
+    note "run $r: ${sim_rate[-1]}/s after the submission ($(sed -n 's/^# after the submission: //p' <<<"$out"));" \
+      "$(sed -n 's/^# dispatch: //p' <<<"$out");" \
       "cpu per instance: master $(awk -v a="$c0" -v b="$(cpu_s "$m_pid")" -v n="$SIM_N" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }') us," \
       "simulator $(awk -v a="$s0" -v b="$(cpu_s "$sim_pid")" -v n="$SIM_N" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }') us; load $(cut -d' ' -f1 /proc/loadavg)"
   done

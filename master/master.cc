@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <unordered_set>
 
 #include "common/job_loader.h"
 #include "common/zmq_util.h"
@@ -185,9 +186,30 @@ void Master::queue_ack(const Member& m, uint64_t instance, uint32_t attempt) {
 void Master::send_acks() {
   for (auto& [name, ack] : acks_) {
     auto it = members_.find(name);
-    if (it != members_.end()) send_to(it->second, ack);
+    if (it == members_.end()) continue;
+    Member& m = it->second;
+    // Not send_to: a held acknowledgement must not count as a sign of life
+    // to the member (last_sent), or its heartbeat could come late.
+    outbox_.push_back({m.socket, m.id, proto::encode(ack), m.name, 0, 0, m.reads_batches, true});
   }
   acks_.clear();
+}
+
+void Master::flush_held_acks(Clock::time_point now, bool all) {
+  std::vector<Outgoing> out;
+  while (!held_order_.empty() && (all || held_order_.front().first <= now)) {
+    auto [deadline, name] = std::move(held_order_.front());
+    held_order_.pop_front();
+    auto it = held_acks_.find(name);
+    if (it == held_acks_.end() || it->second.deadline != deadline) continue;  // went with another frame
+    auto m = members_.find(name);
+    if (m != members_.end() && is_present(m->second.state)) {
+      m->second.last_sent = now;
+      for (auto& b : it->second.bytes) out.push_back({it->second.socket, it->second.peer, std::move(b), name, 0, 0, true});
+    }
+    held_acks_.erase(it);
+  }
+  if (!out.empty()) send_outgoing(out);
 }
 
 bool Master::may_defer_progress(const Instance& inst) const {
@@ -371,15 +393,40 @@ void Master::send_outgoing(std::vector<Outgoing>& out) {
   };
   std::vector<Gathered> gathered;
   std::unordered_map<std::string_view, size_t> by_member;
+  // Members that get more than acknowledgements here: theirs go along.
+  std::unordered_set<std::string_view> other;
+  for (const auto& o : out)
+    if (o.batchable && !o.ack) other.insert(o.member);
+  const auto now = Clock::now();
   for (auto& o : out) {
     if (o.assign_instance && !assign_still_current(o)) {
       log::info("ASSIGN of instance " + std::to_string(o.assign_instance) + " attempt " +
                 std::to_string(o.assign_attempt) + " to '" + o.member + "' not sent: that attempt has ended meanwhile");
       continue;
     }
+    if (o.batchable && o.ack && !other.count(o.member)) {
+      auto m = members_.find(o.member);
+      if (m != members_.end() && m->second.state == MemberState::Active) {
+        auto [h, fresh] = held_acks_.try_emplace(o.member);
+        if (fresh) {
+          h->second.deadline = now + kAckHold;
+          h->second.socket = o.socket;
+          h->second.peer = o.peer;
+          held_order_.emplace_back(h->second.deadline, o.member);
+        }
+        h->second.bytes.push_back(std::move(o.bytes));
+        continue;
+      }
+    }
     if (o.batchable) {
       auto [it, fresh] = by_member.try_emplace(o.member, gathered.size());
-      if (fresh) gathered.push_back({&o, {}});
+      if (fresh) {
+        gathered.push_back({&o, {}});
+        if (auto h = held_acks_.find(o.member); h != held_acks_.end()) {
+          gathered.back().bytes = std::move(h->second.bytes);
+          held_acks_.erase(h);
+        }
+      }
       gathered[it->second].bytes.push_back(std::move(o.bytes));
       continue;
     }
@@ -897,6 +944,7 @@ void Master::drop_waiter(std::list<Waiter>::iterator w) {
 // ---- loop --------------------------------------------------------------------
 
 void Master::on_timer(Clock::time_point now) {
+  flush_held_acks(now);
   // Members are swept when the earliest of them may need a heartbeat or be
   // silent too long, not every turn: with 1,000 workers a sweep per turn cost
   // more than the instances it served. Between sweeps last_seen and last_sent
@@ -938,6 +986,7 @@ Clock::time_point Master::next_wakeup(Clock::time_point now) const {
   if (shutdown_deadline_) t = std::min(t, *shutdown_deadline_);
   if (reconcile_deadline_) t = std::min(t, *reconcile_deadline_);
   if (deferred_until_) t = std::min(t, *deferred_until_);
+  if (!held_order_.empty()) t = std::min(t, held_order_.front().first);
   if (store_) t = std::min(t, next_prune_);
   if (auto d = triggers_.next_deadline()) {
     // Trigger times are wall-clock; the loop sleeps on the steady clock.
@@ -1172,6 +1221,7 @@ void Master::begin_shutdown(Clock::time_point now) {
 
 void Master::shut_down() {
   log::info("stopping");
+  flush_held_acks(Clock::now(), true);  // the workers forget those results before they hear we stop
   for (auto& [id, m] : members_)
     if (is_present(m.state) && !m.local) {
       std::string bytes = proto::encode(proto::Disconnect{"master stopping"});

@@ -377,8 +377,27 @@ class Master {
     uint64_t assign_instance = 0;
     uint32_t assign_attempt = 0;
     bool batchable = false;  // a member that reads BATCH: goes out with its other messages in one frame
+    bool ack = false;        // a FINISHED_ACK: may wait for the member's next frame (held_acks_)
   };
   std::vector<Outgoing> outbox_;
+  // Committed FINISHED_ACKs to members that read BATCH, held until something
+  // else goes to the member (they ride in its frame) or kAckHold has passed:
+  // a frame per acknowledgement was a third of the frames the master sends
+  // to 1,000 one-slot workers, and a late acknowledgement costs nothing (the
+  // worker keeps the result a little longer). Not held for a draining member,
+  // whose drain waits for them. held_order_: by deadline, oldest first (stale
+  // names are skipped).
+  struct HeldAcks {
+    Clock::time_point deadline;
+    zmq::socket_t* socket;
+    std::string peer;
+    std::vector<std::string> bytes;
+  };
+  std::unordered_map<std::string, HeldAcks> held_acks_;
+  std::deque<std::pair<Clock::time_point, std::string>> held_order_;
+  static constexpr auto kAckHold = std::chrono::milliseconds(100);
+  // Sends the held acknowledgements whose time has come (all of them: `all`).
+  void flush_held_acks(Clock::time_point now, bool all = false);
   // Results acknowledged in this turn, by member name: end_turn sends them
   // as one FINISHED_ACK per member (a member gone meanwhile gets none; it
   // sends its results again when it comes back).

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/protocol.h"
+#include "common/zmq_util.h"
 #include "tests/cluster.h"
 
 using namespace zf::test;
@@ -442,4 +443,86 @@ TEST_CASE("ended instances beyond --keep-ended leave the master's memory; show, 
   REQUIRE(reply.result["instances"].size() == 3);
   for (const auto& i : reply.result["instances"]) CHECK(i["state"] == "succeeded");
   CHECK(reply.result["instances"][0]["id"] == 1);
+}
+
+// A worker speaking the protocol by hand (one DEALER, 1 slot): every
+// instance ends at once, STARTED and FINISHED in one BATCH, as the worker
+// sends them. The master holds a committed FINISHED_ACK until something else
+// goes to the worker (it rides in that frame) or for at most 100 ms.
+TEST_CASE("acknowledgements ride with a worker's next ASSIGN, and each comes even when nothing else goes") {
+  using namespace zf::proto;
+  Cluster c;
+  c.start_master();
+  c.put_noop_job();
+  zmq::context_t ctx{1};
+  zmq::socket_t w(ctx, zmq::socket_type::dealer);
+  w.set(zmq::sockopt::routing_id, "raw1");
+  w.set(zmq::sockopt::linger, 0);
+  w.connect(c.workers_endpoint());
+  Ready ready;
+  ready.name = "raw1";
+  ready.slots = 1;
+  ready.version = "test";
+  REQUIRE(zf::send_multipart(w, {encode(ready)}).ok());
+
+  constexpr uint64_t kInstances = 30;
+  std::set<uint64_t> assigned, acked;
+  size_t frames = 0, frames_assign_and_ack = 0;
+  bool welcomed = false, submitted = false;
+  std::vector<zmq::message_t> parts;
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (acked.size() < kInstances && std::chrono::steady_clock::now() < deadline) {
+    if (welcomed && !submitted) {
+      REQUIRE(c.zforce({"run", "n", "--count", std::to_string(kInstances)}).exit_code == 0);
+      submitted = true;
+    }
+    zmq::pollitem_t item{w.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, 100ms);
+    while (zf::recv_multipart(w, parts)) {
+      REQUIRE(parts.size() == 1);
+      ++frames;
+      auto d = decode(parts[0].data(), parts[0].size());
+      REQUIRE(std::holds_alternative<Message>(d));
+      std::vector<Message> messages;
+      if (auto* b = std::get_if<Batch>(&std::get<Message>(d))) {
+        for (const auto& part : b->messages) {
+          auto p = decode(part.data(), part.size());
+          REQUIRE(std::holds_alternative<Message>(p));
+          messages.push_back(std::get<Message>(std::move(p)));
+        }
+      } else {
+        messages.push_back(std::get<Message>(std::move(d)));
+      }
+      bool has_assign = false, has_ack = false;
+      std::vector<std::string> replies;
+      for (auto& m : messages) {
+        if (std::holds_alternative<Welcome>(m)) welcomed = true;
+        if (auto* a = std::get_if<Assign>(&m)) {
+          has_assign = true;
+          CHECK(assigned.insert(a->instance).second);
+          Finished f;
+          f.instance = a->instance;
+          f.attempt = a->attempt;
+          f.status = "succeeded";
+          replies.push_back(encode(Started{a->instance, a->attempt}));
+          replies.push_back(encode(f));
+        }
+        if (auto* ack = std::get_if<FinishedAck>(&m)) {
+          has_ack = true;
+          acked.insert(ack->instance);
+          for (const auto& more : ack->more) acked.insert(more.instance);
+        }
+      }
+      if (has_assign && has_ack) ++frames_assign_and_ack;
+      if (!replies.empty()) REQUIRE(zf::send_multipart(w, {encode_batch(replies)}).ok());
+    }
+  }
+  INFO("frames received " << frames << ", with an ASSIGN and a FINISHED_ACK " << frames_assign_and_ack);
+  CHECK(assigned.size() == kInstances);
+  // The last result has no later ASSIGN to ride with: its acknowledgement
+  // came alone, after the hold.
+  CHECK(acked == assigned);
+  CHECK(frames_assign_and_ack >= 1);
+  auto st = parse_ok(c.zforce({"--json", "instances", "--state", "succeeded", "--limit", "0"}));
+  CHECK(st["instances"].size() == kInstances);
 }

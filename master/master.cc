@@ -270,13 +270,21 @@ void Master::end_turn() {
       inst.persisted_transitions = inst.history.size();
     }
   }
+  dirty_.clear();
+  deferred_ = std::move(still_deferred);
   if (writer_) {
     // Only what changed: an idle loop turn must not cost a disk write.
     if (next_instance_id_ != stored_next_id_) batch.next_instance_id = stored_next_id_ = next_instance_id_;
-    if (events_->last_seq() != stored_event_seq_) batch.last_event_seq = stored_event_seq_ = events_->last_seq();
+    // The last event number must be stored before its event goes out. While
+    // progress is deferred the tap holds every new event for the batch that
+    // writes it, so the number can wait for that batch too: a turn whose
+    // only news is an event (a STARTED whose running is deferred) then
+    // costs no commit.
+    const bool events_held = !deferred_.empty();
+    if (events_->last_seq() != stored_event_seq_ &&
+        (!events_held || !batch.instances.empty() || batch.next_instance_id || !ops_.empty()))
+      batch.last_event_seq = stored_event_seq_ = events_->last_seq();
   }
-  dirty_.clear();
-  deferred_ = std::move(still_deferred);
   if (deferred_.empty()) deferred_until_.reset();
   else if (!deferred_until_) deferred_until_ = now + kProgressDeferral;
   // The tap says only what is stored: while a change is deferred, the events
@@ -1256,6 +1264,7 @@ int Master::run() {
     items.push_back({nullptr, opt_.stop_fd, static_cast<short>(opt_.stop_fd >= 0 ? ZMQ_POLLIN : 0), 0});
     items.push_back({nullptr, watcher_->fd(), ZMQ_POLLIN, 0});
     security_->add_poll_items(items);  // the ZAP handler and handshake monitors (keyed mode)
+    const size_t writer_item = items.size();
     if (writer_) items.push_back({nullptr, writer_->fd(), ZMQ_POLLIN, 0});  // commits done
     auto wake = next_wakeup(now);
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
@@ -1263,7 +1272,9 @@ int Master::run() {
     zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
     // Committed turns release what they held; everything this turn changes
     // is submitted to the writer as one batch by end_turn().
-    if (writer_) take_commits();
+    // Only when it says so: reading its eventfd in every turn was a system
+    // call per turn for nothing.
+    if (writer_ && (items[writer_item].revents & ZMQ_POLLIN)) take_commits();
     if (fatal_) return 1;
     if (opt_.stop_fd >= 0 && (items[3].revents & ZMQ_POLLIN)) {
       char buf[128];

@@ -204,6 +204,14 @@ TEST_CASE("the tap reports assigned and running only once the store has them") {
   REQUIRE(c.wait_for([&] { return c.count("instance.running") == 8; }, 10s));
   auto rows = sql(c, "SELECT state FROM instances ORDER BY id;");
   CHECK(rows == std::vector<std::string>(8, "running"));
+  // Every event seen was numbered in the store first (a restart never
+  // reuses a number), also while progress writes were deferred.
+  uint64_t max_seen = 0;
+  for (const auto& e : c.events()) max_seen = std::max(max_seen, e.value("seq", uint64_t{0}));
+  auto stored = sql(c, "SELECT value FROM meta WHERE key = 'last_event_seq';");
+  REQUIRE(stored.size() == 1);
+  CHECK(max_seen > 0);
+  CHECK(std::stoull(stored[0]) >= max_seen);
 }
 
 TEST_CASE("SIGKILL of the master 20 times while 2,000 instances are submitted and run") {

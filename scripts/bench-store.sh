@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Instances per second with the durable store on, against the store off
 # (--no-store, everything in memory), in the same run: master + 2 workers,
-# builtin noop instances submitted in one batch and waited for. Median of 3
-# runs each, alternating. Usage: scripts/bench-store.sh [--quick]
+# builtin noop instances submitted in one batch and waited for. Median of 5
+# runs each (BENCH_RUNS), alternating; the cost is also given as the median of
+# the runs' own costs (each against the store-off run just before it), which
+# the machine's drifts between runs move less. Usage: scripts/bench-store.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-build  # the packages; the figures come from a release build
@@ -11,7 +13,7 @@ B=${ZFORCE_BUILD:-build-release}
 ninja -C "$B" >/dev/null || { ninja -C "$B"; exit 1; }
 N=50000
 [ "${1:-}" = "--quick" ] && N=10000
-RUNS=3
+RUNS=${BENCH_RUNS:-5}
 # Slots per worker. A throughput figure needs enough instances in flight to
 # keep the pipeline full: with 2 x 2 slots each instance waits for two commits
 # in turn and the figure measures commit latency, not throughput (set
@@ -62,12 +64,15 @@ one_run() {
 
 # The figures move with what else runs on the machine: say how busy it was.
 echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-on=() normal=() off=()
+on=() normal=() off=() cost_full=() cost_normal=()
 for r in $(seq "$RUNS"); do
   off+=("$(one_run off)")
   on+=("$(one_run on)")
   normal+=("$(one_run normal)")
-  echo "# run $r: store on (--sync full) ${on[-1]}/s, store on (--sync normal) ${normal[-1]}/s, store off ${off[-1]}/s ($N noop instances, 2 workers x $SLOTS slots, build $B)"
+  cost_full+=("$(awk -v a="${on[-1]}" -v b="${off[-1]}" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')")
+  cost_normal+=("$(awk -v a="${normal[-1]}" -v b="${off[-1]}" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')")
+  echo "# run $r: store on (--sync full) ${on[-1]}/s, store on (--sync normal) ${normal[-1]}/s, store off ${off[-1]}/s;" \
+    "cost ${cost_full[-1]} % (full), ${cost_normal[-1]} % (normal) ($N noop instances, 2 workers x $SLOTS slots, build $B)"
 done
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 m_on=$(median "${on[@]}") m_normal=$(median "${normal[@]}") m_off=$(median "${off[@]}")
@@ -76,3 +81,5 @@ echo "store_on_sync_normal_per_s: $m_normal"
 echo "store_off_per_s: $m_off"
 echo "store_cost_sync_full_pct: $(awk -v a="$m_on" -v b="$m_off" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')"
 echo "store_cost_sync_normal_pct: $(awk -v a="$m_normal" -v b="$m_off" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')"
+echo "store_cost_sync_full_pct_median_of_runs: $(median "${cost_full[@]}")"
+echo "store_cost_sync_normal_pct_median_of_runs: $(median "${cost_normal[@]}")"

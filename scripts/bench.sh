@@ -340,7 +340,7 @@ backlog_run() {
   if ! wait "$probe"; then echo "the dispatch probe failed:" >&2; cat "$dir.probe" >&2; exit 1; fi
   forget_pid "$probe"
   disp=$(sed -n 's/^dispatch_per_s: //p' "$dir.probe")
-  disp_note=$(sed -n 's/^# dispatch: //p' "$dir.probe")
+  disp_note="$(sed -n 's/^# dispatch: //p' "$dir.probe")$(sed -n 's/^# queue: /; queue sampled: /p' "$dir.probe")"
   for w in "${wp[@]}"; do stop_pid "$w"; done
   stop_pid "$m_pid"
   rm -rf "$dir" "$dir".* "$dir"-*

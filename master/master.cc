@@ -151,7 +151,9 @@ void Master::stop_local_worker() {
 // ASSIGNs may leave earlier (send_assigns_ahead).
 bool Master::send_bytes_to(Member& m, std::string bytes) {
   outbox_.push_back({m.socket, m.id, std::move(bytes), m.name, 0, 0, m.reads_batches});
-  m.last_sent = Clock::now();
+  // A member with assign_ahead hears from us when the frame leaves
+  // (send_outgoing), which may be long after a slow commit.
+  if (!m.assign_ahead) m.last_sent = Clock::now();
   return true;
 }
 
@@ -204,7 +206,6 @@ void Master::flush_held_acks(Clock::time_point now, bool all) {
     if (it == held_acks_.end() || it->second.deadline != deadline) continue;  // went with another frame
     auto m = members_.find(name);
     if (m != members_.end() && is_present(m->second.state)) {
-      m->second.last_sent = now;
       for (auto& b : it->second.bytes) out.push_back({it->second.socket, it->second.peer, std::move(b), name, 0, 0, true});
     }
     held_acks_.erase(it);
@@ -439,11 +440,14 @@ void Master::send_outgoing(std::vector<Outgoing>& out) {
       continue;
     }
     check(o, send_multipart(*o.socket, {o.peer, o.bytes}));
+    sent_to(o.member, now);
   }
-  for (auto& g : gathered)
+  for (auto& g : gathered) {
     proto::send_batched(g.bytes, proto::kBatchBytes, [&](const std::string& frame) {
       check(*g.first, send_multipart(*g.first->socket, {g.first->peer, frame}));
     });
+    sent_to(g.first->member, now);
+  }
   out.clear();
   // Their instances go back to the queue; the writes that takes belong to
   // the current turn.
@@ -451,6 +455,11 @@ void Master::send_outgoing(std::vector<Outgoing>& out) {
     auto it = members_.find(name);
     if (it != members_.end()) member_event(it->second, MemberEvent::Unreachable);
   }
+}
+
+void Master::sent_to(const std::string& member, Clock::time_point now) {
+  if (member.empty()) return;
+  if (auto it = members_.find(member); it != members_.end()) it->second.last_sent = now;
 }
 
 bool Master::assign_still_current(const Outgoing& o) const {
@@ -748,7 +757,12 @@ void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
   std::vector<zmq::message_t> parts;
   auto now = Clock::now();
   worker_messages_ = 0;
-  for (int n = 0; n < 1024 && worker_messages_ < kWorkerMessagesPerTurn && recv_multipart(s, parts); ++n) {
+  for (int n = 0;; ++n) {
+    if (n >= 1024 || worker_messages_ >= kWorkerMessagesPerTurn) return;  // the rest next turn
+    if (!recv_multipart(s, parts)) {
+      (local ? local_read_up_to_ : workers_read_up_to_) = Clock::now();
+      return;
+    }
     if (parts.size() != 2) {
       ++counters_.malformed_workers;
       uint64_t suppressed = 0;
@@ -962,12 +976,26 @@ void Master::on_timer(Clock::time_point now) {
     member_deadline_ = now + opt_.heartbeat / 4;
     for (auto& [id, m] : members_) {
       if (!is_present(m.state)) continue;
-      if (now - m.last_seen > expiry) {
-        log::warn("member '" + m.name + "' silent for " + ms_string(now - m.last_seen) + "; declaring it lost");
+      const Clock::time_point read_up_to = m.local ? local_read_up_to_ : workers_read_up_to_;
+      if (read_up_to - m.last_seen > expiry) {
+        log::warn("member '" + m.name + "' silent for " + ms_string(read_up_to - m.last_seen) +
+                  " (up to when everything that came was read); declaring it lost");
         member_event(m, MemberEvent::Expire);
         continue;
       }
-      if (now - m.last_sent >= opt_.heartbeat) send_to(m, proto::Heartbeat{});
+      if (now - m.last_sent >= opt_.heartbeat) {
+        if (m.assign_ahead) {
+          // At once, not behind the commits in progress: a heartbeat states
+          // nothing the store must know, and a backlog of slow commits (a
+          // burst under a sanitizer) kept everything else from this member
+          // for longer than its liveness window, so it took us for dead.
+          std::vector<Outgoing> beat{
+              {m.socket, m.id, proto::encode(proto::Heartbeat{}), m.name, 0, 0, m.reads_batches}};
+          send_outgoing(beat);
+        } else {
+          send_to(m, proto::Heartbeat{});
+        }
+      }
       member_deadline_ = std::min({member_deadline_, m.last_sent + opt_.heartbeat,
                                    m.last_seen + expiry + std::chrono::milliseconds(1)});
     }
@@ -1270,6 +1298,7 @@ int Master::run() {
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
     if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
     zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
+    const auto polled = Clock::now();
     // Committed turns release what they held; everything this turn changes
     // is submitted to the writer as one batch by end_turn().
     // Only when it says so: reading its eventfd in every turn was a system
@@ -1284,8 +1313,11 @@ int Master::run() {
       begin_shutdown(Clock::now());
     }
     on_security_events();  // never blocks; a handshake waits for its ZAP reply
+    // A socket poll found empty has been read up to the poll.
     if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
+    else workers_read_up_to_ = polled;
     if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
+    else local_read_up_to_ = polled;
     if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
     continue_runs();
     if (items[4].revents & ZMQ_POLLIN) take_file_events();

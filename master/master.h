@@ -81,6 +81,8 @@ struct Member {
   bool reads_batches = false;  // its READY was protocol 1.1 or later: BATCH frames go to it
   std::set<uint64_t> in_flight;
   Clock::time_point last_seen{};
+  // When a frame last went to it; for a member without assign_ahead, when a
+  // message to it was last queued (it leaves with its turn's commit).
   Clock::time_point last_sent{};
   int64_t joined_us = 0;
   uint64_t finished = 0;
@@ -175,6 +177,12 @@ class Master {
   void stop_local_worker();
   void drain_worker_socket(zmq::socket_t& s, bool local);
   int worker_messages_ = 0;  // handled by the current drain_worker_socket call
+  // When each workers socket (remote, local) was last read to the end: a
+  // member is silent only if nothing came from it before that moment. A
+  // turn reads a bounded share of what waits, and under load (a burst under
+  // a sanitizer) frames a member sent in time waited unread longer than its
+  // liveness window and it was declared lost while it was talking.
+  Clock::time_point workers_read_up_to_{}, local_read_up_to_{};
   // One frame from a member (or one message of its BATCH): decoded, counted
   // if bad, handled if good.
   void handle_worker_frame(zmq::socket_t& s, bool local, const std::string& id, const void* data, size_t size,
@@ -406,6 +414,8 @@ class Master {
   void send_acks();
   // Sends; members found unreachable are dropped (writes of the current turn).
   void send_outgoing(std::vector<Outgoing>& out);
+  // A frame went to the member (its last_sent).
+  void sent_to(const std::string& member, Clock::time_point now);
   // Whether an ASSIGN held since its turn still starts the current attempt.
   bool assign_still_current(const Outgoing& o) const;
   // Turns submitted to the writer and not yet reported committed, oldest

@@ -189,6 +189,38 @@ TEST_CASE("an instance assigned ahead of a commit the crash prevented is taken b
     if (e["type"].get<std::string>().starts_with("instance.")) CHECK(e.value("member", "w1") != "w2");
 }
 
+// Everything to a member waits for its turn's commit, but heartbeats do
+// not: a commit that takes longer than the member's liveness window (a slow
+// disk, a burst under a sanitizer) must not make the member take the master
+// for dead and register again.
+TEST_CASE("a worker keeps its link while the master's commits stall for longer than its liveness window") {
+  Cluster c;
+  const std::string stall = c.dir() + "/stall-commits";
+  struct EnvGuard {
+    explicit EnvGuard(const std::string& v) { ::setenv("ZFORCE_TEST_STALL_COMMITS", v.c_str(), 1); }
+    ~EnvGuard() { ::unsetenv("ZFORCE_TEST_STALL_COMMITS"); }
+  } env(stall);
+  c.start_master();  // heartbeat 250 ms, liveness 4: silent after 1 s
+  c.connect_tap();
+  c.start_worker("w1", 2);
+  REQUIRE(c.wait_for([&] { return c.count("member.joined") == 1; }, 10s));
+  c.put_noop_job();
+  REQUIRE(c.zforce({"run", "n"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 1; }, 10s));
+  c.write_file("stall-commits", "");
+  // Its result is not committed, so its acknowledgement and everything
+  // else to w1 wait; the run's answer waits too (in the background).
+  pid_t run = c.spawn({bin("ZF_CLIENT_BIN"), "--api", c.api(), "run", "n"}, "run-2");
+  c.wait_for([] { return false; }, 2500ms);
+  std::filesystem::remove(stall);
+  REQUIRE(c.wait_exit(run, 20s) == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 2; }, 10s));
+  std::string wlog = c.log_of("worker-w1");
+  CHECK(wlog.find("no word from the master") == std::string::npos);
+  CHECK(c.count("member.joined") == 1);
+  CHECK(c.count("member.lost") == 0);
+}
+
 // Assigned and running are written with the instance's next change or a
 // little later (Master::end_turn, kProgressDeferral), and the tap waits for
 // that write: when the tap says running, the store says so too.

@@ -40,6 +40,15 @@ std::vector<std::string> sql(Cluster& c, const std::string& query) {
   return rows;
 }
 
+// The masters started while it lives stall their commits while the file
+// `path` exists (the test-only ZFORCE_TEST_STALL_COMMITS, docs/durability.md).
+struct StallCommitsWhile {
+  explicit StallCommitsWhile(const std::string& path) { ::setenv("ZFORCE_TEST_STALL_COMMITS", path.c_str(), 1); }
+  ~StallCommitsWhile() { ::unsetenv("ZFORCE_TEST_STALL_COMMITS"); }
+  StallCommitsWhile(const StallCommitsWhile&) = delete;
+  StallCommitsWhile& operator=(const StallCommitsWhile&) = delete;
+};
+
 }  // namespace
 
 TEST_CASE("after SIGKILL and a restart, jobs, queues and queued instances are back in order, with the history") {
@@ -145,10 +154,7 @@ TEST_CASE("a worker killed while the master is down: its instances end lost or r
 TEST_CASE("an instance assigned ahead of a commit the crash prevented is taken back from its member, not run twice") {
   Cluster c;
   const std::string stall = c.dir() + "/stall-commits";
-  struct EnvGuard {
-    explicit EnvGuard(const std::string& v) { ::setenv("ZFORCE_TEST_STALL_COMMITS", v.c_str(), 1); }
-    ~EnvGuard() { ::unsetenv("ZFORCE_TEST_STALL_COMMITS"); }
-  } env(stall);
+  StallCommitsWhile env(stall);
   c.start_master({"--reconcile-grace", "60s"});
   c.connect_tap();
   pid_t w1 = c.start_worker("w1", 1);
@@ -196,10 +202,7 @@ TEST_CASE("an instance assigned ahead of a commit the crash prevented is taken b
 TEST_CASE("a worker keeps its link while the master's commits stall for longer than its liveness window") {
   Cluster c;
   const std::string stall = c.dir() + "/stall-commits";
-  struct EnvGuard {
-    explicit EnvGuard(const std::string& v) { ::setenv("ZFORCE_TEST_STALL_COMMITS", v.c_str(), 1); }
-    ~EnvGuard() { ::unsetenv("ZFORCE_TEST_STALL_COMMITS"); }
-  } env(stall);
+  StallCommitsWhile env(stall);
   c.start_master();  // heartbeat 250 ms, liveness 4: silent after 1 s
   c.connect_tap();
   c.start_worker("w1", 2);

@@ -446,9 +446,13 @@ TEST_CASE("ended instances beyond --keep-ended leave the master's memory; show, 
 }
 
 // A worker speaking the protocol by hand (one DEALER, 1 slot): every
-// instance ends at once, STARTED and FINISHED in one BATCH, as the worker
-// sends them. The master holds a committed FINISHED_ACK until something else
-// goes to the worker (it rides in that frame) or for at most 100 ms.
+// instance ends 30 ms after its ASSIGN, STARTED and FINISHED in one BATCH,
+// as the worker sends them. The master holds a committed FINISHED_ACK until
+// something else goes to the worker (it rides in that frame) or for at most
+// 100 ms. With an ASSIGN every 30 ms an acknowledgement finds one to ride
+// with however long its commit takes (under a sanitizer, with instances
+// ending at once, all 30 ran before the first commit and every
+// acknowledgement came in the last frame).
 TEST_CASE("acknowledgements ride with a worker's next ASSIGN, and each comes even when nothing else goes") {
   using namespace zf::proto;
   Cluster c;
@@ -470,14 +474,25 @@ TEST_CASE("acknowledgements ride with a worker's next ASSIGN, and each comes eve
   size_t frames = 0, frames_assign_and_ack = 0;
   bool welcomed = false, submitted = false;
   std::vector<zmq::message_t> parts;
+  // Results not sent yet, and when they are due.
+  std::vector<std::pair<std::chrono::steady_clock::time_point, std::string>> due;
   auto deadline = std::chrono::steady_clock::now() + 30s;
   while (acked.size() < kInstances && std::chrono::steady_clock::now() < deadline) {
     if (welcomed && !submitted) {
       REQUIRE(c.zforce({"run", "n", "--count", std::to_string(kInstances)}).exit_code == 0);
       submitted = true;
     }
+    auto now = std::chrono::steady_clock::now();
+    for (auto it = due.begin(); it != due.end();) {
+      if (it->first > now) {
+        ++it;
+        continue;
+      }
+      REQUIRE(zf::send_multipart(w, {it->second}).ok());
+      it = due.erase(it);
+    }
     zmq::pollitem_t item{w.handle(), 0, ZMQ_POLLIN, 0};
-    zmq::poll(&item, 1, 100ms);
+    zmq::poll(&item, 1, due.empty() ? 100ms : 5ms);
     while (zf::recv_multipart(w, parts)) {
       REQUIRE(parts.size() == 1);
       ++frames;
@@ -514,7 +529,7 @@ TEST_CASE("acknowledgements ride with a worker's next ASSIGN, and each comes eve
         }
       }
       if (has_assign && has_ack) ++frames_assign_and_ack;
-      if (!replies.empty()) REQUIRE(zf::send_multipart(w, {encode_batch(replies)}).ok());
+      if (!replies.empty()) due.emplace_back(std::chrono::steady_clock::now() + 30ms, encode_batch(replies));
     }
   }
   INFO("frames received " << frames << ", with an ASSIGN and a FINISHED_ACK " << frames_assign_and_ack);
@@ -525,4 +540,48 @@ TEST_CASE("acknowledgements ride with a worker's next ASSIGN, and each comes eve
   CHECK(frames_assign_and_ack >= 1);
   auto st = parse_ok(c.zforce({"--json", "instances", "--state", "succeeded", "--limit", "0"}));
   CHECK(st["instances"].size() == kInstances);
+}
+
+// Run only by the next test, in a child test process: starts a master,
+// tells where it is, and waits to be killed.
+TEST_CASE("helper: a test process that starts a master and is killed" * doctest::skip()) {
+  const char* report = std::getenv("ZF_TEST_REPORT");
+  REQUIRE(report != nullptr);
+  Cluster c;
+  c.start_master();
+  {
+    std::ofstream out(std::string(report) + ".tmp");
+    out << c.master_pid() << " " << c.dir() << "\n";
+  }
+  std::filesystem::rename(std::string(report) + ".tmp", report);
+  std::this_thread::sleep_for(60s);
+}
+
+TEST_CASE("a test process killed by SIGKILL leaves no process of its cluster running") {
+  Cluster c;  // for its temp folder and its spawn(), which kills the child test process at the end
+  const std::string report = c.dir() + "/report";
+  REQUIRE(::setenv("ZF_TEST_REPORT", report.c_str(), 1) == 0);
+  pid_t child = c.spawn({std::filesystem::read_symlink("/proc/self/exe").string(), "--no-skip", "-tc=helper: a test process that starts a master*"}, "child");
+  REQUIRE(::unsetenv("ZF_TEST_REPORT") == 0);
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!std::filesystem::exists(report) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  REQUIRE_MESSAGE(std::filesystem::exists(report), c.log_of("child"));
+  pid_t master = -1;
+  std::string child_dir;
+  std::ifstream(report) >> master >> child_dir;
+  REQUIRE(master > 0);
+  CHECK_FALSE(process_gone(master));
+  c.signal(child, SIGKILL);
+  REQUIRE(c.wait_exit(child, 10s) != -1);
+  bool gone = false;
+  for (int i = 0; i < 250 && !gone; ++i) {
+    gone = process_gone(master);
+    if (!gone) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(gone);
+  if (!gone) ::kill(master, SIGKILL);  // not left behind either way
+  // The killed process could not remove its temp folder.
+  if (child_dir.rfind(std::filesystem::temp_directory_path().string() + "/zforce-test.", 0) == 0)
+    std::filesystem::remove_all(child_dir);
 }

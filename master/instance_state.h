@@ -5,12 +5,15 @@
 //   failed | timed_out -> queued as a new attempt, when the job's retry policy says so
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string_view>
 
 namespace zf {
 
 enum class InstanceState { Queued, Assigned, Running, Succeeded, Failed, Cancelled, TimedOut, Lost };
+// How many states there are, for arrays indexed by state (Lost stays last).
+inline constexpr size_t kInstanceStates = static_cast<size_t>(InstanceState::Lost) + 1;
 
 enum class InstanceEvent {
   Dispatch,  // the master sent ASSIGN to a member

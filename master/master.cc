@@ -148,7 +148,8 @@ void Master::stop_local_worker() {
 
 // Held in the outbox until the turn is committed (end_turn): a member must
 // never drop a result, nor hear of a change, that the store does not know.
-// ASSIGNs may leave earlier (send_assigns_ahead).
+// ASSIGNs may leave earlier (send_assigns_ahead), heartbeats too (on_timer),
+// and committed FINISHED_ACKs may leave later (held_acks_).
 bool Master::send_bytes_to(Member& m, std::string bytes) {
   outbox_.push_back({m.socket, m.id, std::move(bytes), m.name, 0, 0, m.reads_batches});
   // A member with assign_ahead hears from us when the frame leaves

@@ -207,7 +207,8 @@ void Master::flush_held_acks(Clock::time_point now, bool all) {
     if (it == held_acks_.end() || it->second.deadline != deadline) continue;  // went with another frame
     auto m = members_.find(name);
     if (m != members_.end() && is_present(m->second.state)) {
-      for (auto& b : it->second.bytes) out.push_back({it->second.socket, it->second.peer, std::move(b), name, 0, 0, true});
+      // To its connection of now (a member that registered again meanwhile).
+      for (auto& b : it->second.bytes) out.push_back({m->second.socket, m->second.id, std::move(b), name, 0, 0, true});
     }
     held_acks_.erase(it);
   }
@@ -420,8 +421,6 @@ void Master::send_outgoing(std::vector<Outgoing>& out) {
         auto [h, fresh] = held_acks_.try_emplace(o.member);
         if (fresh) {
           h->second.deadline = now + kAckHold;
-          h->second.socket = o.socket;
-          h->second.peer = o.peer;
           held_order_.emplace_back(h->second.deadline, o.member);
         }
         h->second.bytes.push_back(std::move(o.bytes));

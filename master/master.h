@@ -397,8 +397,6 @@ class Master {
   // names are skipped).
   struct HeldAcks {
     Clock::time_point deadline;
-    zmq::socket_t* socket;
-    std::string peer;
     std::vector<std::string> bytes;
   };
   std::unordered_map<std::string, HeldAcks> held_acks_;

@@ -148,7 +148,7 @@ void Master::stop_local_worker() {
 
 // Held in the outbox until the turn is committed (end_turn): a member must
 // never drop a result, nor hear of a change, that the store does not know.
-// ASSIGNs may leave earlier (send_assigns_ahead), heartbeats too (on_timer),
+// ASSIGNs and heartbeats may leave earlier (send_ahead),
 // and committed FINISHED_ACKs may leave later (held_acks_).
 bool Master::send_bytes_to(Member& m, std::string bytes) {
   outbox_.push_back({m.socket, m.id, std::move(bytes), m.name, 0, 0, m.reads_batches});
@@ -223,9 +223,13 @@ bool Master::may_defer_progress(const Instance& inst) const {
   return inst.state == InstanceState::Assigned && it != members_.end() && it->second.assign_ahead;
 }
 
+bool Master::writes(const StoreWriter::Batch& batch) const {
+  return !ops_.empty() || !batch.instances.empty() || batch.next_instance_id;
+}
+
 void Master::end_turn() {
   send_acks();
-  if (writer_) send_assigns_ahead();
+  if (writer_) send_ahead();
   StoreWriter::Batch batch;
   const auto now = Clock::now();
   // Progress (assigned, running) is written with the instance's next change,
@@ -283,9 +287,7 @@ void Master::end_turn() {
     // writes it, so the number can wait for that batch too: a turn whose
     // only news is an event (a STARTED whose running is deferred) then
     // costs no commit.
-    const bool events_held = !deferred_.empty();
-    if (events_->last_seq() != stored_event_seq_ &&
-        (!events_held || !batch.instances.empty() || batch.next_instance_id || !ops_.empty()))
+    if (events_->last_seq() != stored_event_seq_ && (deferred_.empty() || writes(batch)))
       batch.last_event_seq = stored_event_seq_ = events_->last_seq();
   }
   if (deferred_.empty()) deferred_until_.reset();
@@ -294,7 +296,7 @@ void Master::end_turn() {
   // made since wait for the batch that writes it (they are attributed to no
   // turn until then, and go out in order with that batch).
   size_t events = deferred_.empty() ? events_->held_count() - events_in_commit_ : 0;
-  if (!ops_.empty() || !batch.instances.empty() || batch.next_instance_id || batch.last_event_seq) {
+  if (writes(batch) || batch.last_event_seq) {
     batch.ops = std::exchange(ops_, {});
     uint64_t n = writer_->submit(std::move(batch));
     in_commit_.push_back(
@@ -325,16 +327,19 @@ void Master::end_turn() {
 // master dies before that commit, because the store still has the instance
 // queued and the restart waits for the members listed in ahead_members_ to
 // report what they run before it dispatches anything (adopt_assigned_ahead).
+// Nor need a HEARTBEAT, which states nothing: behind a backlog of slow
+// commits (a burst under a sanitizer) a member heard nothing for longer than
+// its liveness window and took the master for dead.
 // What does wait: the tap's events, answers, acknowledgements, CANCELs and
 // everything to a member whose admission is not committed yet (its WELCOME
 // goes first). Without this each slot waited for a commit per instance, and
 // the store cost ~40% of the noop rate (docs/performance.md, session 6).
-void Master::send_assigns_ahead() {
+void Master::send_ahead() {
   std::vector<Outgoing> ahead;
   size_t kept = 0;
   for (auto& o : outbox_) {
     bool go = false;
-    if (o.assign_instance) {
+    if (o.ahead) {
       auto it = members_.find(o.member);
       go = it != members_.end() && it->second.assign_ahead;
     }
@@ -937,6 +942,7 @@ void Master::dispatch() {
     send_bytes_to(m, proto::encode_assign({inst.id, inst.attempt, inst.spec->job, inst.spec->params, inst.spec->steps, inst.spec->timeout_ms}));
     outbox_.back().assign_instance = inst.id;
     outbox_.back().assign_attempt = inst.attempt;
+    outbox_.back().ahead = true;
   }
 }
 
@@ -984,17 +990,8 @@ void Master::on_timer(Clock::time_point now) {
         continue;
       }
       if (now - m.last_sent >= opt_.heartbeat) {
-        if (m.assign_ahead) {
-          // At once, not behind the commits in progress: a heartbeat states
-          // nothing the store must know, and a backlog of slow commits (a
-          // burst under a sanitizer) kept everything else from this member
-          // for longer than its liveness window, so it took us for dead.
-          std::vector<Outgoing> beat{
-              {m.socket, m.id, proto::encode(proto::Heartbeat{}), m.name, 0, 0, m.reads_batches}};
-          send_outgoing(beat);
-        } else {
-          send_to(m, proto::Heartbeat{});
-        }
+        send_to(m, proto::Heartbeat{});
+        outbox_.back().ahead = true;  // states nothing the store must know (send_ahead)
       }
       member_deadline_ = std::min({member_deadline_, m.last_sent + opt_.heartbeat,
                                    m.last_seen + expiry + std::chrono::milliseconds(1)});

@@ -243,6 +243,8 @@ class Master {
   // events go out. A master that cannot commit stops (exit 1): it must not
   // answer what it could not store.
   void end_turn();
+  // Whether the batch (with the turn's ops_) writes anything besides the event number.
+  bool writes(const StoreWriter::Batch& batch) const;
   // Whether an assigned or running instance's progress may wait for its next
   // change (end_turn): the store's older state must be one a restart
   // reconciles with its member.
@@ -260,8 +262,8 @@ class Master {
   }
   void expire_unconfirmed(Clock::time_point now);
   // --- assignments sent ahead of their commit (docs/durability.md)
-  // Sends this turn's ASSIGNs to members with assign_ahead now.
-  void send_assigns_ahead();
+  // Sends this turn's ASSIGNs and heartbeats to members with assign_ahead now.
+  void send_ahead();
   // Writes ahead_members_ to the store (meta "assign_ahead_members").
   void store_ahead_members();
   // Their READY turn is committed: members still present get assign_ahead.
@@ -386,6 +388,7 @@ class Master {
     uint32_t assign_attempt = 0;
     bool batchable = false;  // a member that reads BATCH: goes out with its other messages in one frame
     bool ack = false;        // a FINISHED_ACK: may wait for the member's next frame (held_acks_)
+    bool ahead = false;      // an ASSIGN or a HEARTBEAT: may leave before its turn's commit (send_ahead)
   };
   std::vector<Outgoing> outbox_;
   // Committed FINISHED_ACKs to members that read BATCH, held until something

@@ -30,6 +30,8 @@ stop_all() {
 }
 trap 'stop_all; rm -rf "$tmp"' EXIT
 now() { date +%s.%N; }
+# cost ON OFF: what the store costs, in percent of the store-off rate.
+cost() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }'; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # one_run MODE: prints instances/s for N noop instances on a fresh cluster.
@@ -69,8 +71,8 @@ for r in $(seq "$RUNS"); do
   off+=("$(one_run off)")
   on+=("$(one_run on)")
   normal+=("$(one_run normal)")
-  cost_full+=("$(awk -v a="${on[-1]}" -v b="${off[-1]}" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')")
-  cost_normal+=("$(awk -v a="${normal[-1]}" -v b="${off[-1]}" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')")
+  cost_full+=("$(cost "${on[-1]}" "${off[-1]}")")
+  cost_normal+=("$(cost "${normal[-1]}" "${off[-1]}")")
   echo "# run $r: store on (--sync full) ${on[-1]}/s, store on (--sync normal) ${normal[-1]}/s, store off ${off[-1]}/s;" \
     "cost ${cost_full[-1]} % (full), ${cost_normal[-1]} % (normal) ($N noop instances, 2 workers x $SLOTS slots, build $B)"
 done
@@ -79,7 +81,7 @@ m_on=$(median "${on[@]}") m_normal=$(median "${normal[@]}") m_off=$(median "${of
 echo "store_on_sync_full_per_s: $m_on"
 echo "store_on_sync_normal_per_s: $m_normal"
 echo "store_off_per_s: $m_off"
-echo "store_cost_sync_full_pct: $(awk -v a="$m_on" -v b="$m_off" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')"
-echo "store_cost_sync_normal_pct: $(awk -v a="$m_normal" -v b="$m_off" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')"
+echo "store_cost_sync_full_pct: $(cost "$m_on" "$m_off")"
+echo "store_cost_sync_normal_pct: $(cost "$m_normal" "$m_off")"
 echo "store_cost_sync_full_pct_median_of_runs: $(median "${cost_full[@]}")"
 echo "store_cost_sync_normal_pct_median_of_runs: $(median "${cost_normal[@]}")"

@@ -90,7 +90,7 @@ pid_t Cluster::spawn(const std::vector<std::string>& argv, const std::string& lo
   // leaves its cluster running. Still posix_spawn: a fork of a sanitized
   // test binary made the 30,000-instance burst test fail (session 6).
   static const std::vector<std::string> kPrefix = {"/usr/bin/setpriv", "--pdeathsig", "KILL", "--"};
-  const bool wrap = ::access(kPrefix[0].c_str(), X_OK) == 0;
+  static const bool wrap = ::access(kPrefix[0].c_str(), X_OK) == 0;
   std::vector<char*> args;
   if (wrap)
     for (const auto& a : kPrefix) args.push_back(const_cast<char*>(a.c_str()));

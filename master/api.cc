@@ -500,10 +500,17 @@ nlohmann::json Master::api_worker_drain(const nlohmann::json& args) {
 }
 
 nlohmann::json Master::api_stats(const nlohmann::json&) {
-  // Counted in an array: a JSON lookup (and two strings) per instance made a
-  // `stats` with 1,000,000 waiting hold the loop for a long while.
-  std::array<uint64_t, kInstanceStates> counts{};
-  for (const auto& [id, inst] : instances_) ++counts[static_cast<size_t>(inst.state)];
+  const auto& counts = state_counts_;
+  if (check_counts_) {
+    std::array<uint64_t, kInstanceStates> walked{};
+    for (const auto& [id, inst] : instances_) ++walked[static_cast<size_t>(inst.state)];
+    for (size_t k = 0; k < kInstanceStates; ++k)
+      if (walked[k] != counts[k]) {
+        log::error("instance count of state " + std::string(state_name(static_cast<InstanceState>(k))) + " is " +
+                   std::to_string(counts[k]) + ", but " + std::to_string(walked[k]) + " are in memory");
+        throw ApiError{"instance counts out of step with the instances in memory (see the master's log)"};
+      }
+  }
   nlohmann::json by_state = nlohmann::json::object();
   for (size_t k = 0; k < kInstanceStates; ++k)
     if (counts[k] > 0) by_state[std::string(state_name(static_cast<InstanceState>(k)))] = counts[k];
@@ -646,6 +653,7 @@ Instance* Master::page_in(uint64_t id) {
   auto inst = instance_from_record(*rec.value(), nullptr);
   if (!inst.ok()) throw ApiError{"cannot read instance " + std::to_string(id) + ": " + inst.error().message};
   Instance& kept = instances_[id] = std::move(inst.value());
+  count_in(kept.state);
   ended_kept_.push_back(id);
   return &kept;
 }

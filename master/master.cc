@@ -1,6 +1,7 @@
 #include "master/master.h"
 
 #include <fcntl.h>
+#include <cstdlib>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -46,6 +47,7 @@ Master::Master(MasterOptions options) : opt_(std::move(options)), ctx_(1) {
   queues_[def.name] = def;
   auto s = sched_.add_or_update_queue(def);
   (void)s;  // a constant, valid configuration
+  check_counts_ = std::getenv("ZFORCE_TEST_CHECK_COUNTS") != nullptr;
 }
 
 Master::~Master() {
@@ -514,6 +516,7 @@ void Master::forget_ended() {
       ended_kept_.push_back(id);
       continue;
     }
+    count_out(inst.state);
     instances_.erase(it);
   }
 }
@@ -825,6 +828,7 @@ uint64_t Master::create_instance(const std::shared_ptr<const InstanceSpec>& spec
   Instance& inst = instances_[id];
   inst.id = id;
   inst.spec = spec;
+  count_in(inst.state);
   mark_dirty(inst);
   inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, "", std::nullopt});
   publish_transition(inst, std::nullopt);
@@ -841,6 +845,8 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
                " is not allowed in state " + std::string(state_name(inst.state)) + "; ignored");
     return;
   }
+  count_out(inst.state);
+  count_in(*next);
   inst.state = *next;
   inst.history.push_back({inst.state, wall_clock_us(), inst.attempt, inst.member, exit_code});
   mark_dirty(inst);
@@ -1080,8 +1086,10 @@ Status Master::restore() {
     auto inst = instance_from_record(rec, previous);
     if (!inst.ok()) return make_error("stored instance " + std::to_string(rec.id) + ": " + inst.error().message);
     uint64_t id = rec.id;
-    instances_[id] = std::move(inst.value());
-    Instance& i = instances_[id];
+    auto [slot, fresh] = instances_.insert_or_assign(id, std::move(inst.value()));
+    if (!fresh) return make_error("stored instance " + std::to_string(id) + " is listed twice");
+    Instance& i = slot->second;
+    count_in(i.state);
     previous = i.spec;
     if (i.state == InstanceState::Queued) {
       ++queued;

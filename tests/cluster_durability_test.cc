@@ -145,6 +145,75 @@ TEST_CASE("a worker killed while the master is down: its instances end lost or r
   CHECK(parse_ok(c.zforce({"--json", "instance", "show", "2"}))["state"] == "lost");
 }
 
+// `stats` answers from counts the master keeps at every change of an
+// instance in its memory (created, moved to another state, restored, read
+// back from the store, forgotten). Under the tests every stats call also
+// counts the instances one by one and fails if the two differ
+// (ZFORCE_TEST_CHECK_COUNTS, set by tests/test_main.cc); this test takes
+// instances through every one of those changes and asks after each.
+TEST_CASE("stats counts instances by state through retries, losses, a cancel, a restart and forgetting") {
+  Cluster c;
+  const std::vector<std::string> flags = {"--reconcile-grace", "1s", "--keep-ended", "3"};
+  c.start_master(flags);
+  c.connect_tap();
+  pid_t w1 = c.start_worker("w1", 2);
+  REQUIRE(c.wait_for([&] { return c.count("member.joined") >= 1; }, 10s));
+  auto failing = c.write_file("f.toml", "name = \"f\"\n[retry]\nattempts = 2\non = [\"failed\"]\n[[steps]]\nrun = [\"false\"]\n");
+  auto sleeping = c.write_file("s.toml", "name = \"s\"\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"3s\"\n");
+  auto noop = c.write_file("n.toml", "name = \"n\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", failing, sleeping, noop}).exit_code == 0);
+  auto by_state = [&] { return parse_ok(c.zforce({"--json", "stats"}))["instances"]; };
+
+  // 1: failed twice (failed -> queued -> ... -> failed); 2-6: succeeded.
+  CHECK(c.zforce({"run", "f", "--wait"}).exit_code != 0);
+  REQUIRE(c.zforce({"run", "n", "--count", "5", "--wait"}).exit_code == 0);
+  auto first = by_state();
+  INFO(first.dump());
+  CHECK(first.value("failed", 0) + first.value("succeeded", 0) <= 6);  // beyond --keep-ended some are forgotten
+  CHECK(first.value("queued", 0) == 0);
+
+  // 7, 8 run on w1's two slots, 9 waits and is cancelled.
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 5; }, 10s));  // the tap has caught up
+  const size_t ran = c.count("instance.running");
+  REQUIRE(c.zforce({"run", "s", "--count", "3"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.running") == ran + 2; }, 10s));
+  REQUIRE(c.zforce({"cancel", "9"}).exit_code == 0);
+  auto second = by_state();
+  INFO(second.dump());
+  CHECK(second.value("running", 0) == 2);
+  CHECK(second.value("cancelled", 0) == 1);
+
+  // w1 dies: 7 and 8 are lost and queued again (the default policy retries a lost instance).
+  c.signal(w1, SIGKILL);
+  c.wait_exit(w1, 5s);
+  REQUIRE(c.wait_for([&] { return c.count("instance.lost") == 2; }, 15s));
+  REQUIRE(c.wait_for([&] { return by_state().value("queued", 0) == 2; }, 5s));
+
+  // After SIGKILL the master restores the two queued ones from the store.
+  c.kill_master();
+  c.restart_master(flags);
+  auto third = by_state();
+  INFO(third.dump());
+  CHECK(third.value("queued", 0) == 2);
+  CHECK(third.value("running", 0) == 0);
+  // Instance 2 is read back into memory from the store (a cancel looks at it there).
+  CHECK(c.zforce({"cancel", "2"}).err.find("already ended (succeeded)") != std::string::npos);
+  CHECK(by_state().value("succeeded", 0) == 1);
+
+  // A new worker runs them; every end is counted, and the oldest are forgotten again.
+  c.start_worker("w2", 2);
+  auto ended = [&](int id) {
+    return parse_ok(c.zforce({"--json", "instance", "show", std::to_string(id)}))["state"] == "succeeded";
+  };
+  REQUIRE(c.wait_for([&] { return ended(7) && ended(8); }, 30s));
+  REQUIRE(c.zforce({"run", "n", "--count", "5", "--wait"}).exit_code == 0);
+  auto last = by_state();
+  INFO(last.dump());
+  CHECK(last.value("queued", 0) == 0);
+  CHECK(last.value("running", 0) == 0);
+  CHECK(last.value("succeeded", 0) >= 1);
+}
+
 // An ASSIGN goes out before its turn is committed (docs/durability.md,
 // "Assignments ahead of the commit"). Here the commit never comes: the
 // store's writer is stalled (ZFORCE_TEST_STALL_COMMITS) while instance 2 is

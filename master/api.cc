@@ -350,7 +350,12 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
     limit = args["limit"].get<size_t>();
   }
   nlohmann::json out = nlohmann::json::array();
-  if (store_) {
+  // Every live instance is in memory, where its state is the newest (the
+  // store has it as of the last commit, and assigned/running a little
+  // later still, docs/durability.md). The store has no index on the live
+  // states either: asking it for the few running instances walked the whole
+  // history.
+  if (store_ && !(state && is_live(*state))) {
     // The store holds the whole history; instances in memory are fresher.
     InstanceFilter f;
     f.job = job;
@@ -369,6 +374,7 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
     }
     return {{"instances", out}};
   }
+  // From memory: everything without a store, the live states with one.
   // Newest last; `limit` keeps the newest. (instances_ is unordered: sort the hits.)
   std::vector<const Instance*> hits;
   for (const auto& [id, inst] : instances_) {

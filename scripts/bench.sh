@@ -310,7 +310,8 @@ fi
 # backlog_run Q: a fresh master, Q noop instances submitted with no worker
 # connected, then two workers (as above) join. Sets rss0, rss_mid and rss (MB:
 # empty, before the last batch of `batch` instances, with Q waiting), fill_s,
-# stats_ms (a `zforce stats` with Q waiting),
+# stats_ms (a `zforce stats` with Q waiting), list_ms (`zforce instances
+# --state running` with Q waiting and none running),
 # disp (ends per second over WINDOW ends, counted on the tap from the first
 # end; whenever the queue says Q - REFILL or fewer wait, REFILL more are
 # submitted, so that about Q keep waiting) and disp_note.
@@ -331,6 +332,10 @@ backlog_run() {
   s1=$(now)
   stats_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
   [ "$waiting" = "$q" ] || { echo "expected $q waiting, the master says '$waiting'" >&2; exit 1; }
+  s0=$(now)
+  zf --json instances --state running --limit 10 >/dev/null
+  s1=$(now)
+  list_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
   rss=$(rss_mb "$m_pid")
   "$B/bench/zforce-bench-dispatch" --api "$API" --events "$EVENTS" --job bench-noop --count "$WINDOW" \
     --backlog "$q" --refill "$REFILL" --ready-file "$dir.ready" >"$dir.probe" 2>&1 &
@@ -355,11 +360,12 @@ if want backlog; then
   BQ=$(label "$BIG_Q")
   note "backlog: per run, a fresh master with $BIG_Q noop instances waiting, then with 1000; 2 workers x $NOOP_SLOTS slots join;" \
     "rate over $WINDOW ends, $REFILL more submitted whenever $REFILL fewer wait"
-  rss_big=() bytes=() extra=() disp_big=() disp_1k=() disp_ratio=() stats_big=()
+  rss_big=() bytes=() extra=() disp_big=() disp_1k=() disp_ratio=() stats_big=() list_big=()
   for r in $(seq "$RUNS"); do
     backlog_run "$BIG_Q"
     rss_big+=("$rss")
     stats_big+=("$stats_ms")
+    list_big+=("$list_ms")
     # Per instance: the growth over the last batch of 100,000. The average over
     # all Q also carries the allocator's peak of one batch (its events, its
     # reply, its store writes: ~25-50 MB); over a smaller last batch that peak
@@ -379,6 +385,7 @@ if want backlog; then
   echo "master_bytes_per_queued_instance: $(median "${bytes[@]}")"
   # `zforce stats` (the whole client run) with that backlog waiting.
   echo "stats_ms_${BQ}_queued: $(median "${stats_big[@]}")"
+  echo "list_running_ms_${BQ}_queued: $(median "${list_big[@]}")"
   if [ "$BIG_Q" != 1000000 ]; then
     # Honest name: measured with fewer waiting, extrapolated with the per-instance growth.
     echo "master_rss_mb_1m_queued_extrapolated: $(median "${extra[@]}")"

@@ -764,13 +764,28 @@ void Master::on_worker_message(zmq::socket_t& s, bool local, const std::string& 
 void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
   std::vector<zmq::message_t> parts;
   auto now = Clock::now();
+  Clock::time_point& read_up_to = local ? local_read_up_to_ : workers_read_up_to_;
   worker_messages_ = 0;
+  // A ROUTER reads its peers' queues in turn, one message each. So once a
+  // peer is read a second time in this turn, every peer that had something
+  // queued when the turn began has been read: the socket counts as read up
+  // to then, even if it never runs empty (a flood would otherwise hide a
+  // worker that fell silent). Tracked from the kTrackPeersAfter-th message:
+  // most turns run empty before.
+  constexpr int kTrackPeersAfter = 64;
+  std::unordered_set<std::string> peers_read;
+  bool read_round = false;
   for (int n = 0;; ++n) {
-    if (n >= 1024 || worker_messages_ >= kWorkerMessagesPerTurn) return;  // the rest next turn
-    if (!recv_multipart(s, parts)) {
-      (local ? local_read_up_to_ : workers_read_up_to_) = Clock::now();
+    if (n >= 1024 || worker_messages_ >= kWorkerMessagesPerTurn) {  // the rest next turn
+      if (read_round) read_up_to = std::max(read_up_to, now);
       return;
     }
+    if (!recv_multipart(s, parts)) {
+      read_up_to = Clock::now();
+      return;
+    }
+    if (n >= kTrackPeersAfter && !read_round && !parts.empty())
+      read_round = !peers_read.emplace(view(parts[0])).second;
     if (parts.size() != 2) {
       ++counters_.malformed_workers;
       uint64_t suppressed = 0;

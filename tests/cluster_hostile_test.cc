@@ -4,6 +4,8 @@
 // stays bounded.
 #include <doctest/doctest.h>
 
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <fstream>
@@ -225,4 +227,53 @@ TEST_CASE("100,000 hostile frames per endpoint during a workload: workload corre
   CHECK(rss_after2 < rss_after1 + 64 * 1024);
   CHECK(hwm_after2 < hwm_before + 192 * 1024);
 #endif
+}
+
+// A member is silent only counting what the master has read (a backlog it
+// has not read yet is no sign of a dead worker, docs/operations.md). Under a
+// flood that never lets the workers socket run empty, the master must still
+// learn who fell silent: ZeroMQ reads its peers' queues in turn, so once the
+// loop has read some peer twice it has read every peer that had something
+// queued. Here three peers send garbage without pause while w1, running an
+// instance, is stopped (SIGSTOP: its connection stays open, so nothing but
+// its silence tells).
+TEST_CASE("a stopped worker is declared lost while a flood keeps the workers endpoint from ever running empty") {
+  Cluster c;
+  c.start_master({"--local-slots", "0"});
+  c.connect_tap();
+  pid_t w1 = c.start_worker("w1", 1);
+  REQUIRE(c.wait_for([&] { return c.count("member.joined") >= 1; }, 10s));
+  auto job = c.write_file("s.toml", "name = \"s\"\n[[steps]]\nbuiltin = \"sleep\"\nduration = \"60s\"\n");
+  REQUIRE(c.zforce({"job", "put", job}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "s"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.running") == 1; }, 10s));
+
+  std::atomic<bool> stop{false};
+  std::atomic<long> sent{0};
+  auto flood_until_stopped = [&](int k) {
+    zmq::context_t ctx(1);
+    zmq::socket_t s(ctx, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::sndtimeo, 100);
+    s.set(zmq::sockopt::routing_id, "flood" + std::to_string(k));
+    s.connect(c.workers_endpoint());
+    while (!stop) {
+      if (s.send(zmq::buffer("garbage", 7), zmq::send_flags::none)) ++sent;
+    }
+  };
+  std::vector<std::thread> floods;
+  for (int k = 0; k < 3; ++k) floods.emplace_back(flood_until_stopped, k);
+  auto dropped = [&] { return parse_ok(c.zforce({"--json", "stats"}))["malformed_workers"].get<long>(); };
+  const bool flooding = c.wait_for([&] { return dropped() > 100'000; }, 20s);
+  c.signal(w1, SIGSTOP);
+  // Liveness is 4 heartbeats of 250 ms: about a second; allow for a loaded machine.
+  const bool lost = c.wait_for([&] { return c.count("member.lost") >= 1; }, 20s);
+  const long dropped_by_then = dropped();
+  stop = true;
+  for (auto& t : floods) t.join();
+  c.signal(w1, SIGCONT);
+  CHECK(flooding);
+  CHECK_MESSAGE(lost, "w1 not declared lost during the flood; " << dropped_by_then << " garbage frames dropped");
+  CHECK(c.count("instance.lost") == 1);
+  MESSAGE(sent.load() << " garbage frames sent, " << dropped_by_then << " dropped by the end of the wait for w1's loss");
 }

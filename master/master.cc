@@ -1,13 +1,13 @@
 #include "master/master.h"
 
 #include <fcntl.h>
-#include <cstdlib>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>

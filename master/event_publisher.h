@@ -3,6 +3,7 @@
 // Owned by the master loop (single-threaded).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <deque>
@@ -30,6 +31,11 @@ class EventPublisher {
   // while later turns are still being written).
   void flush(size_t n);
   size_t held_count() const { return held_.size(); }
+  // How many of the held events have a number below `seq`.
+  size_t held_before(uint64_t seq) const {
+    const uint64_t first = seq_ - held_.size() + 1;
+    return seq <= first ? 0 : static_cast<size_t>(std::min<uint64_t>(seq - first, held_.size()));
+  }
   uint64_t last_seq() const { return seq_; }
   // After a restart: numbering goes on after the last number ever used.
   void continue_after(uint64_t last_seq) { seq_ = last_seq; }

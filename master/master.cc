@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <unordered_set>
 
@@ -237,8 +238,15 @@ void Master::end_turn() {
   // Progress (assigned, running) is written with the instance's next change,
   // or kProgressDeferral later: a noop's result usually comes first, and one
   // row write then carries all three (docs/durability.md).
-  const bool write_deferred = finishing_ || (deferred_until_ && now >= *deferred_until_);
+  // Each instance's progress waits at most kProgressDeferral from when it
+  // was first deferred. (One deadline for all wrote every instance deferred
+  // at that moment, most of them a millisecond before their end: 0.31
+  // progress writes per noop instance under a steady stream.)
   std::vector<uint64_t> still_deferred;
+  std::optional<Clock::time_point> first_due;
+  // The tap may let out only events the store backs: those numbered below
+  // the oldest unstored event of an instance still deferred.
+  uint64_t event_barrier = std::numeric_limits<uint64_t>::max();
   if (writer_ && (!dirty_.empty() || !deferred_.empty())) {
     dirty_.insert(dirty_.end(), deferred_.begin(), deferred_.end());  // still dirty: mark_dirty skipped them
     deferred_.clear();
@@ -250,11 +258,19 @@ void Master::end_turn() {
       // Assigned and running change only a few columns of a row already stored.
       bool progress_only = inst.persisted_transitions > 0 && !inst.cancel_requested &&
                            (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
-      if (progress_only && !write_deferred && may_defer_progress(inst)) {
-        still_deferred.push_back(id);
-        continue;
+      if (progress_only && !finishing_ && may_defer_progress(inst)) {
+        if (inst.deferred_since == Clock::time_point{}) inst.deferred_since = now;
+        const auto due = inst.deferred_since + kProgressDeferral;
+        if (now < due) {
+          still_deferred.push_back(id);
+          first_due = first_due ? std::min(*first_due, due) : due;
+          if (inst.unstored_event) event_barrier = std::min(event_barrier, inst.unstored_event);
+          continue;
+        }
       }
       inst.dirty = false;
+      inst.deferred_since = {};
+      inst.unstored_event = 0;
       InstanceChange& c = batch.instances.emplace_back();
       if (inst.persisted_transitions == 0) {
         c.kind = InstanceChange::Kind::Insert;  // a new row needs everything
@@ -284,20 +300,19 @@ void Master::end_turn() {
   if (writer_) {
     // Only what changed: an idle loop turn must not cost a disk write.
     if (next_instance_id_ != stored_next_id_) batch.next_instance_id = stored_next_id_ = next_instance_id_;
-    // The last event number must be stored before its event goes out. While
-    // progress is deferred the tap holds every new event for the batch that
-    // writes it, so the number can wait for that batch too: a turn whose
-    // only news is an event (a STARTED whose running is deferred) then
-    // costs no commit.
-    if (events_->last_seq() != stored_event_seq_ && (deferred_.empty() || writes(batch)))
-      batch.last_event_seq = stored_event_seq_ = events_->last_seq();
   }
-  if (deferred_.empty()) deferred_until_.reset();
-  else if (!deferred_until_) deferred_until_ = now + kProgressDeferral;
-  // The tap says only what is stored: while a change is deferred, the events
-  // made since wait for the batch that writes it (they are attributed to no
-  // turn until then, and go out in order with that batch).
-  size_t events = deferred_.empty() ? events_->held_count() - events_in_commit_ : 0;
+  deferred_until_ = first_due;
+  // The tap says only what is stored: an event about a change still
+  // deferred, and every event after it, waits for the batch that writes that
+  // change (attributed to no turn until then; they go out in order).
+  const size_t ready = events_->held_before(event_barrier);
+  size_t events = ready > events_in_commit_ ? ready - events_in_commit_ : 0;
+  // The last event number must be stored before its event goes out. Events
+  // held behind a deferred change wait for the batch that writes it, and so
+  // can their number: a turn whose only news is such an event (a STARTED
+  // whose running is deferred) costs no commit.
+  if (writer_ && events_->last_seq() != stored_event_seq_ && (deferred_.empty() || writes(batch) || events > 0))
+    batch.last_event_seq = stored_event_seq_ = events_->last_seq();
   if (writes(batch) || batch.last_event_seq) {
     batch.ops = std::exchange(ops_, {});
     uint64_t n = writer_->submit(std::move(batch));
@@ -320,7 +335,7 @@ void Master::end_turn() {
     events_in_commit_ += events;
     return;
   }
-  if (deferred_.empty()) events_->flush();
+  events_->flush(events);
   send_outgoing(outbox_);
   allow_assign_ahead(std::exchange(ahead_turn_, {}));
 }
@@ -867,6 +882,7 @@ void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> 
   mark_dirty(inst);
   if (writer_ && is_terminal(inst.state)) ended_turn_.push_back(inst.id);
   publish_transition(inst, exit_code);
+  if (writer_ && inst.unstored_event == 0) inst.unstored_event = events_->last_seq();
   if (inst.state == InstanceState::Queued) {
     inst.member.clear();
     inst.slot = -1;

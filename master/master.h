@@ -134,6 +134,11 @@ struct Instance {
   std::optional<Clock::time_point> retry_at;  // queued, waiting out its backoff
   std::vector<Transition> history;
   size_t persisted_transitions = 0;  // history entries already in the store
+  // While its progress write is deferred (Master::end_turn): since when, and
+  // the number of its oldest event the store does not back yet (the tap
+  // holds that event and every later one until the write is submitted).
+  Clock::time_point deferred_since{};
+  uint64_t unstored_event = 0;
 };
 
 // A client waiting (api op `wait`) for instances to end.
@@ -378,7 +383,8 @@ class Master {
   std::vector<StoreWriter::Op> ops_;  // this turn's writes, submitted by end_turn
   std::vector<uint64_t> dirty_;  // instances changed in this loop turn (each once: Instance::dirty)
   // Instances whose assigned/running progress is not written yet (they stay
-  // Instance::dirty), and when it is written at the latest.
+  // Instance::dirty), and when the first of them is written at the latest
+  // (each kProgressDeferral after it was deferred).
   std::vector<uint64_t> deferred_;
   std::optional<Clock::time_point> deferred_until_;
   static constexpr auto kProgressDeferral = std::chrono::milliseconds(20);

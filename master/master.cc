@@ -243,7 +243,7 @@ void Master::end_turn() {
   // their end (0.19 progress writes per noop instance under a steady
   // stream, 0.015 now).
   std::vector<uint64_t> still_deferred;
-  std::optional<Clock::time_point> first_due;
+  deferred_until_.reset();
   // The tap may let out only events the store backs: those numbered below
   // the oldest unstored event of an instance still deferred.
   uint64_t event_barrier = std::numeric_limits<uint64_t>::max();
@@ -263,7 +263,7 @@ void Master::end_turn() {
         const auto due = inst.deferred_since + kProgressDeferral;
         if (now < due) {
           still_deferred.push_back(id);
-          first_due = first_due ? std::min(*first_due, due) : due;
+          deferred_until_ = deferred_until_ ? std::min(*deferred_until_, due) : due;
           if (inst.unstored_event) event_barrier = std::min(event_barrier, inst.unstored_event);
           continue;
         }
@@ -301,7 +301,6 @@ void Master::end_turn() {
     // Only what changed: an idle loop turn must not cost a disk write.
     if (next_instance_id_ != stored_next_id_) batch.next_instance_id = stored_next_id_ = next_instance_id_;
   }
-  deferred_until_ = first_due;
   // The tap says only what is stored: an event about a change still
   // deferred, and every event after it, waits for the batch that writes that
   // change (attributed to no turn until then; they go out in order).
@@ -779,7 +778,7 @@ void Master::on_worker_message(zmq::socket_t& s, bool local, const std::string& 
 void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
   std::vector<zmq::message_t> parts;
   auto now = Clock::now();
-  Clock::time_point& read_up_to = local ? local_read_up_to_ : workers_read_up_to_;
+  Clock::time_point& read = read_up_to(local);
   worker_messages_ = 0;
   // A ROUTER reads its peers' queues in turn, one message each. So once a
   // peer is read a second time in this turn, every peer that had something
@@ -792,11 +791,11 @@ void Master::drain_worker_socket(zmq::socket_t& s, bool local) {
   bool read_round = false;
   for (int n = 0;; ++n) {
     if (n >= 1024 || worker_messages_ >= kWorkerMessagesPerTurn) {  // the rest next turn
-      if (read_round) read_up_to = std::max(read_up_to, now);
+      if (read_round) read = std::max(read, now);
       return;
     }
     if (!recv_multipart(s, parts)) {
-      read_up_to = Clock::now();
+      read = Clock::now();
       return;
     }
     if (n >= kTrackPeersAfter && !read_round && !parts.empty())
@@ -1019,9 +1018,9 @@ void Master::on_timer(Clock::time_point now) {
     member_deadline_ = now + opt_.heartbeat / 4;
     for (auto& [id, m] : members_) {
       if (!is_present(m.state)) continue;
-      const Clock::time_point read_up_to = m.local ? local_read_up_to_ : workers_read_up_to_;
-      if (read_up_to - m.last_seen > expiry) {
-        log::warn("member '" + m.name + "' silent for " + ms_string(read_up_to - m.last_seen) +
+      const Clock::time_point read = read_up_to(m.local);
+      if (read - m.last_seen > expiry) {
+        log::warn("member '" + m.name + "' silent for " + ms_string(read - m.last_seen) +
                   " (up to when everything that came was read); declaring it lost");
         member_event(m, MemberEvent::Expire);
         continue;
@@ -1351,9 +1350,9 @@ int Master::run() {
     on_security_events();  // never blocks; a handshake waits for its ZAP reply
     // A socket poll found empty has been read up to the poll.
     if (items[0].revents & ZMQ_POLLIN) drain_worker_socket(*workers_, false);
-    else workers_read_up_to_ = polled;
+    else read_up_to(false) = polled;
     if (local_ && (items[2].revents & ZMQ_POLLIN)) drain_worker_socket(*local_, true);
-    else local_read_up_to_ = polled;
+    else read_up_to(true) = polled;
     if (items[1].revents & ZMQ_POLLIN) drain_api_socket();
     continue_runs();
     if (items[4].revents & ZMQ_POLLIN) take_file_events();

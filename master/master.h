@@ -182,12 +182,14 @@ class Master {
   void stop_local_worker();
   void drain_worker_socket(zmq::socket_t& s, bool local);
   int worker_messages_ = 0;  // handled by the current drain_worker_socket call
-  // When each workers socket (remote, local) was last read to the end: a
-  // member is silent only if nothing came from it before that moment. A
-  // turn reads a bounded share of what waits, and under load (a burst under
-  // a sanitizer) frames a member sent in time waited unread longer than its
-  // liveness window and it was declared lost while it was talking.
+  // Up to when each workers socket (remote, local) has been read: to the
+  // end, or a full round of its peers (drain_worker_socket). A member is
+  // silent only if nothing came from it before that moment. A turn reads a
+  // bounded share of what waits, and under load (a burst under a sanitizer)
+  // frames a member sent in time waited unread longer than its liveness
+  // window and it was declared lost while it was talking.
   Clock::time_point workers_read_up_to_{}, local_read_up_to_{};
+  Clock::time_point& read_up_to(bool local) { return local ? local_read_up_to_ : workers_read_up_to_; }
   // One frame from a member (or one message of its BATCH): decoded, counted
   // if bad, handled if good.
   void handle_worker_frame(zmq::socket_t& s, bool local, const std::string& id, const void* data, size_t size,

@@ -101,6 +101,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
+# ms_since T0: milliseconds from T0 (a `now`) until now.
+ms_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
 # rate N T0 T1: N per second between two `now` stamps.
 rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.1f", n / (b - a) }'; }
 # median of the arguments (numbers).
@@ -326,16 +328,14 @@ backlog_run() {
   fill "$batch"
   t1=$(now)
   fill_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
-  local s0 s1
+  local s0
   s0=$(now)
   waiting=$(zf --json stats | sed -n 's/.*"waiting":\([0-9]*\).*/\1/p')
-  s1=$(now)
-  stats_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+  stats_ms=$(ms_since "$s0")
   [ "$waiting" = "$q" ] || { echo "expected $q waiting, the master says '$waiting'" >&2; exit 1; }
   s0=$(now)
   zf --json instances --state running --limit 10 >/dev/null
-  s1=$(now)
-  list_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+  list_ms=$(ms_since "$s0")
   rss=$(rss_mb "$m_pid")
   "$B/bench/zforce-bench-dispatch" --api "$API" --events "$EVENTS" --job bench-noop --count "$WINDOW" \
     --backlog "$q" --refill "$REFILL" --ready-file "$dir.ready" >"$dir.probe" 2>&1 &

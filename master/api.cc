@@ -284,8 +284,11 @@ void Master::continue_runs() {
   uint64_t budget = kRunsPerTurn;
   while (!pending_runs_.empty()) {
     PendingRun& run = pending_runs_.front();
-    for (; run.remaining > 0 && budget > 0; --run.remaining, --budget)
-      run.ids.push_back(create_instance(run.spec));
+    const uint64_t n = std::min(run.remaining, budget);
+    const uint64_t first = create_instances(run.spec, n);
+    for (uint64_t id = first; id < first + n; ++id) run.ids.push_back(id);
+    run.remaining -= n;
+    budget -= n;
     if (run.remaining > 0) return;
     reply(run.client, run.req, true, "", {{"instances", std::move(run.ids)}});
     pending_runs_.pop_front();

@@ -272,9 +272,20 @@ void Master::end_turn() {
       inst.deferred_since = {};
       inst.unstored_event = 0;
       InstanceChange& c = batch.instances.emplace_back();
-      if (inst.persisted_transitions == 0) {
+      if (inst.persisted_transitions == 0 || inst.submission) {
         c.kind = InstanceChange::Kind::Insert;  // a new row needs everything
         c.rec = to_record(inst);
+        if (inst.submission) {
+          inst.persisted_transitions = 0;  // the row gets the whole history
+          auto s = rowless_.find(inst.submission);
+          if (s != rowless_.end() && --s->second == 0) {
+            // In the same transaction as this row: no instance of it is ever
+            // without a row and a submission.
+            write([first = inst.submission](Store& st) { return st.remove_submission(first); });
+            rowless_.erase(s);
+          }
+          inst.submission = 0;
+        }
       } else if (progress_only) {
         c.kind = InstanceChange::Kind::Progress;
         c.rec.id = id;
@@ -852,19 +863,51 @@ void Master::handle_worker_frame(zmq::socket_t& s, bool local, const std::string
 
 // ---- instances ---------------------------------------------------------------
 
-uint64_t Master::create_instance(const std::shared_ptr<const InstanceSpec>& spec) {
+uint64_t Master::create_instance(const std::shared_ptr<const InstanceSpec>& spec, uint64_t submission,
+                                 int64_t created_us) {
   uint64_t id = next_instance_id_++;
   Instance& inst = instances_[id];
   inst.id = id;
   inst.spec = spec;
   count_in(inst.state);
-  mark_dirty(inst);
-  inst.history.push_back({InstanceState::Queued, wall_clock_us(), 1, "", std::nullopt});
+  inst.history.push_back({InstanceState::Queued, submission ? created_us : wall_clock_us(), 1, "", std::nullopt});
+  if (submission) {
+    inst.submission = submission;
+    inst.persisted_transitions = 1;  // the submission's row has it queued
+  } else {
+    mark_dirty(inst);
+  }
   publish_transition(inst, std::nullopt);
   if (auto s = sched_.submit(id, inst.spec->queue, inst.spec->priority, false, inst.spec->required_tags); !s.ok())
     log::error("instance " + std::to_string(id) + " cannot be queued: " + s.error().message);
   dispatch_needed_ = true;
   return id;
+}
+
+uint64_t Master::create_instances(const std::shared_ptr<const InstanceSpec>& spec, uint64_t count) {
+  const uint64_t first = next_instance_id_;
+  if (!writer_ || count < 2) {
+    for (uint64_t k = 0; k < count; ++k) create_instance(spec);
+    return first;
+  }
+  // One row for all: most of them then cost one insert, at their end,
+  // instead of an insert now and an update then (docs/durability.md).
+  SubmissionRecord rec;
+  rec.first_id = first;
+  rec.count = count;
+  rec.job = spec->job;
+  rec.queue = spec->queue;
+  rec.priority = spec->priority;
+  rec.params = spec->params;
+  rec.steps_json = !spec->steps_json.empty() ? spec->steps_json : steps_to_json(spec->steps);
+  rec.retry_json = !spec->retry_json.empty() ? spec->retry_json : retry_to_json(spec->retry);
+  rec.timeout_ms = spec->timeout_ms;
+  const int64_t created_us = rec.created_us = wall_clock_us();
+  // Before the instances: one may be dispatched, and written, this turn.
+  write([rec = std::move(rec)](Store& s) { return s.put_submission(rec); });
+  rowless_[first] = count;
+  for (uint64_t k = 0; k < count; ++k) create_instance(spec, first, created_us);
+  return first;
 }
 
 void Master::transition(Instance& inst, InstanceEvent e, std::optional<int32_t> exit_code) {
@@ -1121,6 +1164,7 @@ Status Master::restore() {
     Instance& i = slot->second;
     count_in(i.state);
     previous = i.spec;
+    if (i.submission) ++rowless_[i.submission];
     if (i.state == InstanceState::Queued) {
       ++queued;
       if (i.retry_at) retries_.emplace(*i.retry_at, id);

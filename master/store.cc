@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <mutex>
 #include <type_traits>
 #include <utility>
@@ -122,6 +123,26 @@ DROP TABLE transitions;
     // raises the version for that alone.
     {5, R"sql(
 SELECT 1;
+)sql"},
+    // A bulk submission (`run --count N`) is one row here, not N queued rows:
+    // instances first_id … first_id+count-1 share everything but their id.
+    // An instance of it gets a row of its own at its first write after
+    // that; until then it is queued, as created (docs/durability.md,
+    // "Submissions"). The row goes in the transaction that writes the last
+    // of its instances' own rows.
+    {6, R"sql(
+CREATE TABLE submissions (
+  first_id   INTEGER PRIMARY KEY,
+  count      INTEGER NOT NULL,
+  job        TEXT NOT NULL,
+  queue      TEXT NOT NULL,
+  priority   INTEGER NOT NULL,
+  params     TEXT NOT NULL,
+  steps      TEXT NOT NULL,
+  retry      TEXT NOT NULL,
+  timeout_ms INTEGER NOT NULL,
+  created_us INTEGER NOT NULL
+);
 )sql"},
 };
 static_assert(std::size(kMigrations) == kStoreSchemaVersion, "one migration step per schema version");
@@ -516,6 +537,26 @@ class Use {
 constexpr const char* kInstanceColumns =
     "id, job, queue, priority, attempt, state, params, steps, retry, timeout_ms, member, slot, exit_code, "
     "failed_step, duration_ms, error, output, created_us, updated_us, cancel_requested, retry_at_us, history";
+constexpr const char* kSubmissionColumns =
+    "first_id, count, job, queue, priority, params, steps, retry, timeout_ms, created_us";
+
+// Instance `id` of submission `s` as it is until it has a row of its own:
+// queued at attempt 1 since its creation.
+InstanceRecord queued_of(const SubmissionRecord& s, uint64_t id) {
+  InstanceRecord r;
+  r.id = id;
+  r.job = s.job;
+  r.queue = s.queue;
+  r.priority = s.priority;
+  r.params = s.params;
+  r.steps_json = s.steps_json;
+  r.retry_json = s.retry_json;
+  r.timeout_ms = s.timeout_ms;
+  r.created_us = r.updated_us = s.created_us;
+  r.history.push_back({0, InstanceState::Queued, s.created_us, 1, "", std::nullopt});
+  r.submission = s.first_id;
+  return r;
+}
 
 // Member names and states are plain words; anything else goes through the
 // JSON library's own escaping.
@@ -688,6 +729,8 @@ struct Store::Impl {
   std::string history_scratch[kInstanceRowsPerStatement];
   StmtPtr load_jobs, load_queues, load_live, load_instance, max_instance_id;
   StmtPtr append_history, prune_instances;
+  StmtPtr put_submission, remove_submission, load_submissions, submission_of, row_ids_up, row_ids_down;
+  StmtPtr list_submissions[2];  // [0] all, [1] of one job
   // list_instances: one statement per combination of filters (job, state,
   // before_id), prepared on first use, so each can use its index.
   StmtPtr list[16];
@@ -705,8 +748,13 @@ struct Store::Impl {
   Status prepare_all() {
     const std::string cols = kInstanceColumns;
     // Final instances last updated before ?1, oldest id first, at most ?2.
+    // Not one inside a submission (they do not overlap: the nearest one
+    // starting at or below the id is the only one that can hold it).
     std::string prunable = "SELECT id FROM instances WHERE state NOT IN " + std::string(kLiveStatesSql) +
-                           " AND updated_us < ?1 ORDER BY id LIMIT ?2";
+                           " AND updated_us < ?1 AND NOT EXISTS (SELECT 1 FROM (SELECT first_id, count FROM "
+                           "submissions WHERE first_id <= instances.id ORDER BY first_id DESC LIMIT 1) s "
+                           "WHERE instances.id < s.first_id + s.count) ORDER BY id LIMIT ?2";
+    const std::string sub_cols = kSubmissionColumns;
     const std::pair<StmtPtr*, std::string> all[] = {
         {&begin, "BEGIN IMMEDIATE"},
         {&commit, "COMMIT"},
@@ -739,8 +787,19 @@ struct Store::Impl {
         // read once (as quick_check has just done).
         {&load_live, "SELECT " + cols + " FROM instances WHERE state IN " + kLiveStatesSql + " ORDER BY id"},
         {&load_instance, "SELECT " + cols + " FROM instances WHERE id = ?"},
-        {&max_instance_id, "SELECT max(id) FROM instances"},
+        {&max_instance_id,
+         "SELECT max(coalesce((SELECT max(id) FROM instances), 0), "
+         "coalesce((SELECT max(first_id + count - 1) FROM submissions), 0))"},
         {&prune_instances, "DELETE FROM instances WHERE id IN (" + prunable + ")"},
+        {&put_submission, "INSERT INTO submissions (" + sub_cols + ") VALUES (?,?,?,?,?,?,?,?,?,?)"},
+        {&remove_submission, "DELETE FROM submissions WHERE first_id = ?"},
+        {&load_submissions, "SELECT " + sub_cols + " FROM submissions ORDER BY first_id"},
+        {&submission_of, "SELECT " + sub_cols + " FROM submissions WHERE first_id <= ? ORDER BY first_id DESC LIMIT 1"},
+        {&row_ids_up, "SELECT id FROM instances WHERE id BETWEEN ? AND ? ORDER BY id"},
+        {&row_ids_down, "SELECT id FROM instances WHERE id BETWEEN ? AND ? ORDER BY id DESC"},
+        {&list_submissions[0], "SELECT " + sub_cols + " FROM submissions WHERE first_id < ? ORDER BY first_id DESC"},
+        {&list_submissions[1],
+         "SELECT " + sub_cols + " FROM submissions WHERE first_id < ? AND job = ? ORDER BY first_id DESC"},
     };
     for (const auto& [stmt, sql] : of_instances)
       if (auto s = prepare(*stmt, sql); !s.ok()) return s;
@@ -897,6 +956,49 @@ struct Store::Impl {
     r.cancel_requested = u.col_i64(19) != 0;
     if (!u.col_null(20)) r.retry_at_us = u.col_i64(20);
     return r;
+  }
+
+  Result<SubmissionRecord> read_submission(Use& u) const {
+    SubmissionRecord r;
+    r.first_id = static_cast<uint64_t>(u.col_i64(0));
+    r.count = static_cast<uint64_t>(u.col_i64(1));
+    r.job = u.col_text(2);
+    r.queue = u.col_text(3);
+    r.priority = static_cast<int>(u.col_i64(4));
+    auto params = params_from_json(u.col_text(5));
+    if (!params.ok())
+      return make_error(path + ": submission " + std::to_string(r.first_id) + ": " + params.error().message);
+    r.params = std::move(params.value());
+    r.steps_json = u.col_text(6);
+    r.retry_json = u.col_text(7);
+    r.timeout_ms = static_cast<uint64_t>(u.col_i64(8));
+    r.created_us = u.col_i64(9);
+    return r;
+  }
+
+  // Calls f(id) for each id in [lo, hi] that has no row of its own, in
+  // ascending or descending order, while f returns true.
+  template <class F>
+  Status rowless(uint64_t lo, uint64_t hi, bool descending, F&& f) {
+    if (lo > hi) return {};
+    Use u(descending ? row_ids_down.get() : row_ids_up.get());
+    u.i64(static_cast<int64_t>(lo)).i64(static_cast<int64_t>(hi));
+    // Positions in walking order: 0 is lo ascending, hi descending.
+    auto id_at = [&](uint64_t k) { return descending ? hi - k : lo + k; };
+    auto rank = [&](uint64_t id) { return descending ? hi - id : id - lo; };
+    uint64_t walked = 0;
+    int rc;
+    while ((rc = u.step()) == SQLITE_ROW) {
+      const uint64_t row = rank(static_cast<uint64_t>(u.col_i64(0)));
+      for (; walked < row; ++walked)
+        if (!f(id_at(walked))) return {};
+      walked = row + 1;
+    }
+    if (rc != SQLITE_DONE)
+      return err("cannot read the instances " + std::to_string(lo) + " to " + std::to_string(hi));
+    for (; walked < hi - lo + 1; ++walked)
+      if (!f(id_at(walked))) return {};
+    return {};
   }
 
   // The history of a row read by read_instance (its column 21).
@@ -1166,6 +1268,34 @@ Status Store::set_meta(std::string_view key, std::string_view value) {
   return impl_->finish_write(u, [&] { return "cannot store meta '" + std::string(key) + "'"; });
 }
 
+Status Store::put_submission(const SubmissionRecord& r) {
+  Impl& d = *impl_;
+  if (auto s = d.need_instances(); !s.ok()) return s;
+  if (auto s = d.before_write(); !s.ok()) return s;
+  const std::string params = params_to_json(r.params);
+  Use u(d.put_submission.get());
+  u.i64(static_cast<int64_t>(r.first_id))
+      .i64(static_cast<int64_t>(r.count))
+      .text(r.job)
+      .text(r.queue)
+      .i64(r.priority)
+      .text(params)
+      .text(r.steps_json)
+      .text(r.retry_json)
+      .i64(static_cast<int64_t>(r.timeout_ms))
+      .i64(r.created_us);
+  return d.finish_write(u, [&] { return "cannot store submission " + std::to_string(r.first_id); });
+}
+
+Status Store::remove_submission(uint64_t first_id) {
+  Impl& d = *impl_;
+  if (auto s = d.need_instances(); !s.ok()) return s;
+  if (auto s = d.before_write(); !s.ok()) return s;
+  Use u(d.remove_submission.get());
+  u.i64(static_cast<int64_t>(first_id));
+  return d.finish_write(u, [&] { return "cannot remove submission " + std::to_string(first_id); });
+}
+
 Status Store::set_next_instance_id(uint64_t next) { return set_meta(kMetaNextInstanceId, std::to_string(next)); }
 Status Store::set_last_event_seq(uint64_t seq) { return set_meta(kMetaLastEventSeq, std::to_string(seq)); }
 
@@ -1217,6 +1347,34 @@ Result<StoreContents> Store::load() {
       if (rc != SQLITE_DONE) return d.err("cannot read instances");
     }
     {
+      // The instances of submissions without a row of their own, merged in
+      // by id.
+      std::vector<InstanceRecord> queued;
+      Use u(d.load_submissions.get());
+      int rc;
+      while ((rc = u.step()) == SQLITE_ROW) {
+        auto sub = d.read_submission(u);
+        if (!sub.ok()) return sub.error();
+        const SubmissionRecord& sr = sub.value();
+        if (sr.count == 0) continue;
+        auto s = d.rowless(sr.first_id, sr.first_id + sr.count - 1, false, [&](uint64_t id) {
+          queued.push_back(queued_of(sr, id));
+          return true;
+        });
+        if (!s.ok()) return s;
+      }
+      if (rc != SQLITE_DONE) return d.err("cannot read submissions");
+      if (!queued.empty()) {
+        std::vector<InstanceRecord> rows = std::move(out.instances);
+        out.instances.clear();
+        out.instances.reserve(rows.size() + queued.size());
+        std::merge(std::make_move_iterator(rows.begin()), std::make_move_iterator(rows.end()),
+                   std::make_move_iterator(queued.begin()), std::make_move_iterator(queued.end()),
+                   std::back_inserter(out.instances),
+                   [](const InstanceRecord& a, const InstanceRecord& b) { return a.id < b.id; });
+      }
+    }
+    {
       Use u(d.all_meta.get());
       int rc;
       while ((rc = u.step()) == SQLITE_ROW) out.meta[u.col_text(0)] = u.col_text(1);
@@ -1224,9 +1382,9 @@ Result<StoreContents> Store::load() {
     }
     uint64_t next = 1;
     {
-      Use u(d.max_instance_id.get());
+      Use u(d.max_instance_id.get());  // of rows and submissions; 0 if none
       if (u.step() != SQLITE_ROW) return d.err("cannot read the largest instance id");
-      if (!u.col_null(0)) next = static_cast<uint64_t>(u.col_i64(0)) + 1;
+      next = static_cast<uint64_t>(u.col_i64(0)) + 1;
     }
     auto number = [&](const char* key, uint64_t& v) -> Status {
       auto it = out.meta.find(key);
@@ -1259,13 +1417,24 @@ Result<std::optional<InstanceRecord>> Store::load_instance(uint64_t id) {
     Use u(d.load_instance.get());
     u.i64(static_cast<int64_t>(id));
     int rc = u.step();
-    if (rc == SQLITE_DONE) return r;
-    if (rc != SQLITE_ROW) return d.err("cannot read instance " + std::to_string(id));
-    auto rec = d.read_instance(u);
-    if (!rec.ok()) return rec.error();
-    if (auto s = d.read_history(u, rec.value()); !s.ok()) return s.error();
-    r = std::move(rec.value());
+    if (rc == SQLITE_ROW) {
+      auto rec = d.read_instance(u);
+      if (!rec.ok()) return rec.error();
+      if (auto s = d.read_history(u, rec.value()); !s.ok()) return s.error();
+      r = std::move(rec.value());
+      return r;
+    }
+    if (rc != SQLITE_DONE) return d.err("cannot read instance " + std::to_string(id));
   }
+  // No row: perhaps one of a submission's, still queued as created.
+  Use u(d.submission_of.get());
+  u.i64(static_cast<int64_t>(id));
+  int rc = u.step();
+  if (rc == SQLITE_DONE) return r;
+  if (rc != SQLITE_ROW) return d.err("cannot read the submission of instance " + std::to_string(id));
+  auto sub = d.read_submission(u);
+  if (!sub.ok()) return sub.error();
+  if (id < sub.value().first_id + sub.value().count) r = queued_of(sub.value(), id);
   return r;
 }
 
@@ -1291,6 +1460,43 @@ Result<std::vector<InstanceRecord>> Store::list_instances(const InstanceFilter& 
     }
     if (rc != SQLITE_DONE) return d.err("cannot list instances");
   }
+  if (f.state && *f.state != InstanceState::Queued) return out;
+  const uint64_t below = f.before_id.value_or(uint64_t(INT64_MAX));
+  if (below <= 1 || f.limit == 0) return out;
+  // The instances of submissions without a row of their own are queued:
+  // the newest of them below before_id, as many as could still be among
+  // the `limit` newest of all.
+  std::vector<InstanceRecord> queued;
+  // With `limit` rows found, nothing older than the last of them counts.
+  const uint64_t floor = out.size() >= f.limit && !out.empty() ? out.back().id : 0;
+  {
+    Use u(d.list_submissions[f.job ? 1 : 0].get());
+    u.i64(static_cast<int64_t>(below));
+    if (f.job) u.text(*f.job);
+    int rc = SQLITE_DONE;
+    while (queued.size() < f.limit && (rc = u.step()) == SQLITE_ROW) {
+      auto sub = d.read_submission(u);
+      if (!sub.ok()) return sub.error();
+      const SubmissionRecord& sr = sub.value();
+      if (sr.count == 0) continue;
+      const uint64_t last = std::min(sr.first_id + sr.count - 1, below - 1);
+      if (last <= floor) break;
+      auto s = d.rowless(std::max(sr.first_id, floor + 1), last, true, [&](uint64_t id) {
+        queued.push_back(queued_of(sr, id));
+        if (!f.with_history) queued.back().history.clear();
+        return queued.size() < f.limit;
+      });
+      if (!s.ok()) return s.error();
+    }
+    if (queued.size() < f.limit && rc != SQLITE_DONE && rc != SQLITE_ROW) return d.err("cannot list submissions");
+  }
+  if (queued.empty()) return out;
+  std::vector<InstanceRecord> rows = std::move(out);
+  out.clear();
+  std::merge(std::make_move_iterator(rows.begin()), std::make_move_iterator(rows.end()),
+             std::make_move_iterator(queued.begin()), std::make_move_iterator(queued.end()), std::back_inserter(out),
+             [](const InstanceRecord& a, const InstanceRecord& b) { return a.id > b.id; });
+  if (out.size() > f.limit) out.resize(f.limit);
   return out;
 }
 

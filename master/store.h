@@ -41,7 +41,7 @@ namespace zf {
 // another id is someone else's and is never opened for writing.
 inline constexpr int32_t kStoreApplicationId = 0x5A465243;
 // The schema this build creates and migrates older databases up to.
-inline constexpr int kStoreSchemaVersion = 5;
+inline constexpr int kStoreSchemaVersion = 6;
 // The database's file name inside the data folder.
 inline constexpr std::string_view kStoreFileName = "zforce.db";
 
@@ -96,6 +96,27 @@ struct InstanceRecord {
   // Filled by the load functions; upsert_instance() ignores it (history is
   // written with add_transition()).
   std::vector<TransitionRecord> history;
+  // Read back only: the first id of the submission this queued instance is
+  // part of, while it has no row of its own (0 = it has one).
+  uint64_t submission = 0;
+};
+
+// Instances first_id … first_id+count-1, created together with one spec
+// (a bulk submission), stored as one row. Each is queued at attempt 1, as
+// created at created_us, until it has a row of its own (its first write
+// after the submission is an insert); the load and list functions return it
+// as such. Removed once every one of them has its own row.
+struct SubmissionRecord {
+  uint64_t first_id = 0;
+  uint64_t count = 0;
+  std::string job;
+  std::string queue;
+  int priority = 0;
+  std::map<std::string, std::string> params;
+  std::string steps_json;
+  std::string retry_json;
+  uint64_t timeout_ms = 0;
+  int64_t created_us = 0;
 };
 
 // One instance's writes of a turn, as the master hands them to the store
@@ -135,7 +156,8 @@ inline constexpr const char* kMetaAssignAheadMembers = "assign_ahead_members";
 struct StoreContents {
   std::vector<JobRecord> jobs;      // in the order they were first put
   std::vector<QueueRecord> queues;  // in the order they were first put
-  // Live instances in id order (= creation order), each with its history.
+  // Live instances in id order (= creation order), each with its history,
+  // those of submissions without a row of their own included.
   std::vector<InstanceRecord> instances;
   // Larger than every id ever stored and than the value last set.
   uint64_t next_instance_id = 1;
@@ -243,6 +265,9 @@ class Store {
   // rows per statement (the history entries after the rows).
   Status write_instances(std::span<const InstanceChange* const> changes);
   Status write_instances(const std::vector<InstanceChange>& changes);
+  Status put_submission(const SubmissionRecord& submission);
+  // Once each of its instances has a row of its own (or is gone).
+  Status remove_submission(uint64_t first_id);
   Status set_meta(std::string_view key, std::string_view value);
   Status set_next_instance_id(uint64_t next);
   // Call before publishing the event: a number stored is never handed out again.
@@ -250,6 +275,7 @@ class Store {
   // Removes final instances (and their history) last updated before
   // older_than_us, oldest id first, at most max_instances of them (so a big
   // backlog can be pruned a slice per turn). Returns how many were removed.
+  // Never one inside a submission still stored: it would read back queued.
   Result<uint64_t> prune_history(int64_t older_than_us, uint64_t max_instances = UINT64_MAX);
 
   // --- reads (see what is committed plus this turn's own writes)

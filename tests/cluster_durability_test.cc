@@ -94,6 +94,43 @@ TEST_CASE("after SIGKILL and a restart, jobs, queues and queued instances are ba
   CHECK(next.out == "6\n");  // ids are never reused
 }
 
+TEST_CASE("a bulk submission is stored as one row; after SIGKILL its instances are back queued and each runs once") {
+  Cluster c;
+  c.start_master();  // no members: instances stay queued
+  c.connect_tap();
+  auto j = c.write_file("b.toml", "name = \"b\"\n[[steps]]\nbuiltin = \"noop\"\n");
+  REQUIRE(c.zforce({"job", "put", j}).exit_code == 0);
+  REQUIRE(c.zforce({"run", "b", "--count", "40"}).exit_code == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.queued") == 40; }, 5s));
+  // One submission row, no instance rows yet.
+  CHECK(sql(c, "SELECT first_id, count FROM submissions;") == std::vector<std::string>{"1|40"});
+  CHECK(sql(c, "SELECT count(*) FROM instances;") == std::vector<std::string>{"0"});
+  auto listed = parse_ok(c.zforce({"--json", "instances", "--limit", "0"}))["instances"];
+  REQUIRE(listed.size() == 40);
+  for (const auto& i : listed) CHECK(i["state"] == "queued");
+  CHECK(parse_ok(c.zforce({"--json", "instance", "show", "17"}))["history"].size() == 1);
+
+  c.kill_master();
+  c.restart_master();
+  c.connect_tap();
+  CHECK(parse_ok(c.zforce({"--json", "instances", "--state", "queued", "--limit", "0"}))["instances"].size() == 40);
+  c.start_worker("w1", 1);
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 40; }, 15s));
+  std::vector<uint64_t> order;
+  for (const auto& e : c.events())
+    if (e["type"] == "instance.running") order.push_back(e["instance"]);
+  std::vector<uint64_t> expected;
+  for (uint64_t id = 1; id <= 40; ++id) expected.push_back(id);
+  CHECK(order == expected);  // in submission order, each once
+  // Each has its row, with its whole history; the submission row went with the last.
+  CHECK(sql(c, "SELECT count(*) FROM submissions;") == std::vector<std::string>{"0"});
+  CHECK(sql(c, "SELECT count(*) FROM instances WHERE state = 'succeeded';") == std::vector<std::string>{"40"});
+  auto inst = parse_ok(c.zforce({"--json", "instance", "show", "40"}));
+  CHECK(inst["state"] == "succeeded");
+  REQUIRE(inst["history"].size() == 4);
+  CHECK(inst["history"][0]["state"] == "queued");
+}
+
 TEST_CASE("a foreign or corrupt database file is refused at start-up and not touched") {
   Cluster c;
   std::filesystem::create_directories(c.dir() + "/master");

@@ -681,7 +681,7 @@ INSERT INTO meta VALUES ('last_event_seq', '77');
   CHECK(c.instances[0].history[0].ts_us == 1000004);
   CHECK(c.last_event_seq == 77);
   store.reset();
-  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4,5\n");
+  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4,5,6\n");
   CHECK(shell(dir.db(), "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE type = 'index' "
                         "AND name LIKE 'instances_%' ORDER BY name);") ==
         "instances_by_job,instances_unsuccessful\n");
@@ -760,7 +760,7 @@ TEST_CASE("a version-2 database is migrated to the current schema, keeping its d
   page.before_id = 7;
   CHECK(ids(ok(store->list_instances(page))) == std::vector<uint64_t>{2});
   store.reset();
-  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4,5\n");
+  CHECK(shell(dir.db(), "SELECT group_concat(version) FROM schema_version;") == "1,2,3,4,5,6\n");
   // The listing of an unsuccessful state can use the partial index: the
   // condition the store adds is the index's own.
   std::string plan = shell(dir.db(),
@@ -1206,4 +1206,112 @@ TEST_CASE("steps and retry policies are stored without their defaults and read b
   auto r1 = zf::retry_from_json(zf::retry_to_json(one));
   REQUIRE(r1.ok());
   CHECK(r1.value().on_timed_out);
+}
+
+TEST_CASE("a submission's instances read back queued until each has a row of its own") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  SubmissionRecord sub;
+  sub.first_id = 10;
+  sub.count = 6;  // instances 10 … 15
+  sub.job = "bulk";
+  sub.queue = "fast";
+  sub.priority = 2;
+  sub.params = {{"n", "1"}};
+  sub.steps_json = R"([{"builtin":"noop"}])";
+  sub.retry_json = "";
+  sub.timeout_ms = 700;
+  sub.created_us = 5'000;
+  store->begin_turn();
+  ok(store->upsert_instance(instance(3, InstanceState::Succeeded)));  // older, on its own
+  ok(store->put_submission(sub));
+  // 11 has ended, 13 runs: their rows say so. 20 comes after the submission.
+  ok(store->upsert_instance(instance(11, InstanceState::Succeeded, "bulk")));
+  ok(store->upsert_instance(instance(13, InstanceState::Running, "bulk")));
+  ok(store->upsert_instance(instance(20, InstanceState::Queued, "other")));
+  ok(store->commit_turn());
+
+  auto c = ok(store->load());
+  CHECK(ids(c.instances) == std::vector<uint64_t>{10, 12, 13, 14, 15, 20});
+  CHECK(c.next_instance_id == 21);
+  const InstanceRecord& q = c.instances[0];
+  CHECK(q.submission == 10);
+  CHECK(q.state == InstanceState::Queued);
+  CHECK(q.attempt == 1);
+  CHECK(q.job == "bulk");
+  CHECK(q.queue == "fast");
+  CHECK(q.priority == 2);
+  CHECK(q.params == sub.params);
+  CHECK(q.steps_json == sub.steps_json);
+  CHECK(q.timeout_ms == 700);
+  CHECK(q.created_us == 5'000);
+  REQUIRE(q.history.size() == 1);
+  CHECK(same(q.history[0], transition(0, InstanceState::Queued, 5'000)));
+  CHECK(c.instances[2].submission == 0);  // 13 has its own row
+  CHECK(c.instances[2].state == InstanceState::Running);
+
+  auto one = ok(store->load_instance(14));
+  REQUIRE(one.has_value());
+  CHECK(one->submission == 10);
+  CHECK(one->state == InstanceState::Queued);
+  CHECK(ok(store->load_instance(11))->state == InstanceState::Succeeded);
+  CHECK(ok(store->load_instance(16)) == std::nullopt);  // past its end
+  CHECK(ok(store->load_instance(9)) == std::nullopt);
+
+  CHECK(ids(ok(store->list_instances({}))) == std::vector<uint64_t>{20, 15, 14, 13, 12, 11, 10, 3});
+  InstanceFilter page;
+  page.limit = 3;
+  page.before_id = 15;
+  CHECK(ids(ok(store->list_instances(page))) == std::vector<uint64_t>{14, 13, 12});
+  page.before_id = 12;
+  CHECK(ids(ok(store->list_instances(page))) == std::vector<uint64_t>{11, 10, 3});
+  InstanceFilter queued;
+  queued.state = InstanceState::Queued;
+  CHECK(ids(ok(store->list_instances(queued))) == std::vector<uint64_t>{20, 15, 14, 12, 10});
+  InstanceFilter bulk_queued = queued;
+  bulk_queued.job = "bulk";
+  bulk_queued.limit = 2;
+  CHECK(ids(ok(store->list_instances(bulk_queued))) == std::vector<uint64_t>{15, 14});
+  InstanceFilter succeeded;
+  succeeded.state = InstanceState::Succeeded;
+  CHECK(ids(ok(store->list_instances(succeeded))) == std::vector<uint64_t>{11, 3});
+
+  // Pruning leaves 11 alone while the submission is stored: without its row
+  // it would read back queued.
+  CHECK(ok(store->prune_history(INT64_MAX)) == 1);  // 3 only
+  CHECK(ok(store->load_instance(11))->state == InstanceState::Succeeded);
+
+  // Every one gets its row; the submission goes with the last of them.
+  store->begin_turn();
+  for (uint64_t id : {10, 12, 14, 15}) ok(store->upsert_instance(instance(id, InstanceState::Succeeded, "bulk")));
+  ok(store->remove_submission(10));
+  ok(store->commit_turn());
+  CHECK(ids(ok(store->load()).instances) == std::vector<uint64_t>{13, 20});
+  CHECK(ok(store->load_instance(12))->submission == 0);
+  CHECK(ok(store->prune_history(INT64_MAX)) == 5);
+
+  // And after a restart, the same.
+  store.reset();
+  store = open_ok(dir.path());
+  CHECK(ids(ok(store->load()).instances) == std::vector<uint64_t>{13, 20});
+  CHECK(ok(store->load()).next_instance_id == 21);
+}
+
+TEST_CASE("a submission alone sets the next instance id after its last") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  SubmissionRecord sub;
+  sub.first_id = 1;
+  sub.count = 100'000;
+  sub.job = "bulk";
+  sub.queue = "default";
+  ok(store->put_submission(sub));
+  auto c = ok(store->load());
+  CHECK(c.instances.size() == 100'000);
+  CHECK(c.instances.front().id == 1);
+  CHECK(c.instances.back().id == 100'000);
+  CHECK(c.next_instance_id == 100'001);
+  InstanceFilter f;
+  f.limit = 2;
+  CHECK(ids(ok(store->list_instances(f))) == std::vector<uint64_t>{100'000, 99'999});
 }

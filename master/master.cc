@@ -272,19 +272,19 @@ void Master::end_turn() {
       inst.deferred_since = {};
       inst.unstored_event = 0;
       InstanceChange& c = batch.instances.emplace_back();
-      if (inst.persisted_transitions == 0 || inst.submission) {
+      if (inst.persisted_transitions == 0 || inst.rowless) {
         c.kind = InstanceChange::Kind::Insert;  // a new row needs everything
         c.rec = to_record(inst);
-        if (inst.submission) {
+        if (inst.rowless) {
+          inst.rowless = false;
           inst.persisted_transitions = 0;  // the row gets the whole history
-          auto s = rowless_.find(inst.submission);
-          if (s != rowless_.end() && --s->second == 0) {
+          auto s = rowless_.upper_bound(id);
+          if (s != rowless_.begin() && --std::prev(s)->second == 0) {
             // In the same transaction as this row: no instance of it is ever
             // without a row and a submission.
-            write([first = inst.submission](Store& st) { return st.remove_submission(first); });
-            rowless_.erase(s);
+            write([first = std::prev(s)->first](Store& st) { return st.remove_submission(first); });
+            rowless_.erase(std::prev(s));
           }
-          inst.submission = 0;
         }
       } else if (progress_only) {
         c.kind = InstanceChange::Kind::Progress;
@@ -863,16 +863,16 @@ void Master::handle_worker_frame(zmq::socket_t& s, bool local, const std::string
 
 // ---- instances ---------------------------------------------------------------
 
-uint64_t Master::create_instance(const std::shared_ptr<const InstanceSpec>& spec, uint64_t submission,
+uint64_t Master::create_instance(const std::shared_ptr<const InstanceSpec>& spec, bool in_submission,
                                  int64_t created_us) {
   uint64_t id = next_instance_id_++;
   Instance& inst = instances_[id];
   inst.id = id;
   inst.spec = spec;
   count_in(inst.state);
-  inst.history.push_back({InstanceState::Queued, submission ? created_us : wall_clock_us(), 1, "", std::nullopt});
-  if (submission) {
-    inst.submission = submission;
+  inst.history.push_back({InstanceState::Queued, in_submission ? created_us : wall_clock_us(), 1, "", std::nullopt});
+  if (in_submission) {
+    inst.rowless = true;
     inst.persisted_transitions = 1;  // the submission's row has it queued
   } else {
     mark_dirty(inst);
@@ -906,7 +906,7 @@ uint64_t Master::create_instances(const std::shared_ptr<const InstanceSpec>& spe
   // Before the instances: one may be dispatched, and written, this turn.
   write([rec = std::move(rec)](Store& s) { return s.put_submission(rec); });
   rowless_[first] = count;
-  for (uint64_t k = 0; k < count; ++k) create_instance(spec, first, created_us);
+  for (uint64_t k = 0; k < count; ++k) create_instance(spec, true, created_us);
   return first;
 }
 
@@ -1164,7 +1164,10 @@ Status Master::restore() {
     Instance& i = slot->second;
     count_in(i.state);
     previous = i.spec;
-    if (i.submission) ++rowless_[i.submission];
+    if (rec.submission) {
+      i.rowless = true;
+      ++rowless_[rec.submission];
+    }
     if (i.state == InstanceState::Queued) {
       ++queued;
       if (i.retry_at) retries_.emplace(*i.retry_at, id);

@@ -124,6 +124,11 @@ struct Instance {
   InstanceState state = InstanceState::Queued;
   bool cancel_requested = false;
   bool dirty = false;  // in Master::dirty_ (changed this turn)
+  // The store has it only inside its submission's row (Master::rowless_),
+  // not in a row of its own: its next write inserts the row, its whole
+  // history included. (A flag, not the submission's id: it fits in padding,
+  // and a million queued instances would pay 8 bytes each.)
+  bool rowless = false;
   int slot = -1;
   int32_t exit_code = 0;
   int32_t failed_step = -1;
@@ -134,10 +139,6 @@ struct Instance {
   std::optional<Clock::time_point> retry_at;  // queued, waiting out its backoff
   std::vector<Transition> history;
   size_t persisted_transitions = 0;  // history entries already in the store
-  // The first id of the submission the store has this instance in, while it
-  // has no row of its own there (0 = it has one, or is not stored yet):
-  // its next write inserts the row, its whole history included.
-  uint64_t submission = 0;
   // While its progress write is deferred (Master::end_turn): since when, and
   // the number of its oldest event the store does not back yet (the tap
   // holds that event and every later one until the write is submitted).
@@ -230,10 +231,10 @@ class Master {
   // The spec of a new submission of `job` with these resolved params and steps.
   std::shared_ptr<const InstanceSpec> make_spec(const Job& job, std::map<std::string, std::string> params,
                                                 std::vector<proto::StepSpec> steps) const;
-  // With `submission` (its first id), the instance is stored as part of
-  // that submission's row (put_submission), created at created_us: it is
-  // not written on its own now.
-  uint64_t create_instance(const std::shared_ptr<const InstanceSpec>& spec, uint64_t submission = 0,
+  // With `in_submission`, the instance is stored as part of the row of the
+  // submission being created (create_instances), created at created_us: it
+  // is not written on its own now.
+  uint64_t create_instance(const std::shared_ptr<const InstanceSpec>& spec, bool in_submission = false,
                            int64_t created_us = 0);
   // Creates `count` instances of `spec`, stored as one submission row when
   // there are several and a store; returns the first id.
@@ -400,8 +401,9 @@ class Master {
   // (each kProgressDeferral after it was deferred).
   std::vector<uint64_t> deferred_;
   // Per stored submission (first id): how many of its instances have no row
-  // of their own yet. The row is removed with the write of the last.
-  std::unordered_map<uint64_t, uint64_t> rowless_;
+  // of their own yet. The row is removed with the write of the last. Ordered:
+  // an instance's submission is the last one starting at or below its id.
+  std::map<uint64_t, uint64_t> rowless_;
   std::optional<Clock::time_point> deferred_until_;
   static constexpr auto kProgressDeferral = std::chrono::milliseconds(20);
   bool finishing_ = false;  // finish_commits: write everything now

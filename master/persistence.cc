@@ -176,7 +176,6 @@ Result<Instance> from_record(const InstanceRecord& r, const std::vector<std::str
     inst.retry_at = std::chrono::steady_clock::now() + std::chrono::microseconds(*r.retry_at_us - wall_clock_us());
   for (const auto& t : r.history) inst.history.push_back({t.state, t.ts_us, t.attempt, t.member, t.exit_code});
   inst.persisted_transitions = inst.history.size();
-  inst.submission = r.submission;
   return inst;
 }
 

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Instances per second with the durable store on, against the store off
 # (--no-store, everything in memory), in the same run: master + 2 workers,
-# builtin noop instances submitted in one batch and waited for. Median of 5
-# runs each (BENCH_RUNS), alternating; the cost is also given as the median of
-# the runs' own costs (each against the store-off run just before it), which
-# the machine's drifts between runs move less. Usage: scripts/bench-store.sh [--quick]
+# builtin noop instances submitted in one batch and waited for. Median of 9
+# rounds (BENCH_RUNS) of the three modes; the cost is also given as the median
+# of the rounds' own costs (each against the store-off run of its round),
+# which the machine's drifts between rounds move less. Within a round the
+# store-off run comes first in odd rounds and last in even ones, so a drift
+# during a round favours neither side. Usage: scripts/bench-store.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-build  # the packages; the figures come from a release build
 B=${ZFORCE_BUILD:-build-release}
 [ -f "$B/build.ninja" ] || meson setup "$B" --buildtype=release >/dev/null
 ninja -C "$B" >/dev/null || { ninja -C "$B"; exit 1; }
-N=50000
-[ "${1:-}" = "--quick" ] && N=10000
-RUNS=${BENCH_RUNS:-5}
+# 100,000 per run: a run of 50,000 lasted about 0.6 s, short enough for one
+# hiccup of the machine to move its figure by a tenth.
+N=100000
+RUNS=${BENCH_RUNS:-9}
+if [ "${1:-}" = "--quick" ]; then N=20000 RUNS=${BENCH_RUNS:-3}; fi
 # Slots per worker. A throughput figure needs enough instances in flight to
 # keep the pipeline full: with 2 x 2 slots each instance waits for two commits
 # in turn and the figure measures commit latency, not throughput (set
@@ -68,9 +72,15 @@ one_run() {
 echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 on=() normal=() off=() cost_full=() cost_normal=()
 for r in $(seq "$RUNS"); do
-  off+=("$(one_run off)")
-  on+=("$(one_run on)")
-  normal+=("$(one_run normal)")
+  if ((r % 2)); then
+    off+=("$(one_run off)")
+    on+=("$(one_run on)")
+    normal+=("$(one_run normal)")
+  else
+    normal+=("$(one_run normal)")
+    on+=("$(one_run on)")
+    off+=("$(one_run off)")
+  fi
   cost_full+=("$(cost "${on[-1]}" "${off[-1]}")")
   cost_normal+=("$(cost "${normal[-1]}" "${off[-1]}")")
   echo "# run $r: store on (--sync full) ${on[-1]}/s, store on (--sync normal) ${normal[-1]}/s, store off ${off[-1]}/s;" \

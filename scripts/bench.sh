@@ -206,8 +206,9 @@ latency_run() {
 }
 
 # tapped_rate JOB N: run_rate with `zforce tap` attached, subscribed to every
-# event (the master builds and sends only events someone subscribed to, so
-# noop_per_s, measured without a tap, does not include them).
+# event. The master builds every event either way, but its PUB socket sends
+# only those someone subscribed to, so noop_per_s, measured without a tap,
+# does not include sending them.
 tapped_rate() {
   # The client itself, not through zf (a background function is a subshell:
   # its pid is not the tap's, and killing it left the tap running).

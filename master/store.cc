@@ -960,8 +960,12 @@ struct Store::Impl {
 
   Result<SubmissionRecord> read_submission(Use& u) const {
     SubmissionRecord r;
-    r.first_id = static_cast<uint64_t>(u.col_i64(0));
-    r.count = static_cast<uint64_t>(u.col_i64(1));
+    const int64_t first = u.col_i64(0), count = u.col_i64(1);
+    if (first < 1 || count < 1 || count > static_cast<int64_t>(kMaxSubmissionCount) || first > INT64_MAX - count)
+      return make_error(path + ": submission " + std::to_string(first) + " has an invalid count " +
+                        std::to_string(count) + " (1 to " + std::to_string(kMaxSubmissionCount) + ")");
+    r.first_id = static_cast<uint64_t>(first);
+    r.count = static_cast<uint64_t>(count);
     r.job = u.col_text(2);
     r.queue = u.col_text(3);
     r.priority = static_cast<int>(u.col_i64(4));
@@ -1271,6 +1275,9 @@ Status Store::set_meta(std::string_view key, std::string_view value) {
 Status Store::put_submission(const SubmissionRecord& r) {
   Impl& d = *impl_;
   if (auto s = d.need_instances(); !s.ok()) return s;
+  if (r.first_id < 1 || r.count < 1 || r.count > kMaxSubmissionCount || r.first_id > uint64_t(INT64_MAX) - r.count)
+    return d.fail_turn(make_error("submission " + std::to_string(r.first_id) + " of " + std::to_string(r.count) +
+                                  " instances: the count must be 1 to " + std::to_string(kMaxSubmissionCount)));
   if (auto s = d.before_write(); !s.ok()) return s;
   const std::string params = params_to_json(r.params);
   Use u(d.put_submission.get());
@@ -1356,7 +1363,6 @@ Result<StoreContents> Store::load() {
         auto sub = d.read_submission(u);
         if (!sub.ok()) return sub.error();
         const SubmissionRecord& sr = sub.value();
-        if (sr.count == 0) continue;
         auto s = d.rowless(sr.first_id, sr.first_id + sr.count - 1, false, [&](uint64_t id) {
           queued.push_back(queued_of(sr, id));
           return true;
@@ -1478,7 +1484,6 @@ Result<std::vector<InstanceRecord>> Store::list_instances(const InstanceFilter& 
       auto sub = d.read_submission(u);
       if (!sub.ok()) return sub.error();
       const SubmissionRecord& sr = sub.value();
-      if (sr.count == 0) continue;
       const uint64_t last = std::min(sr.first_id + sr.count - 1, below - 1);
       if (last <= floor) break;
       auto s = d.rowless(std::max(sr.first_id, floor + 1), last, true, [&](uint64_t id) {

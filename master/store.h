@@ -106,6 +106,11 @@ struct InstanceRecord {
 // created at created_us, until it has a row of its own (its first write
 // after the submission is an insert); the load and list functions return it
 // as such. Removed once every one of them has its own row.
+// A submission covers at most this many ids (the api takes at most 100,000
+// per run); a stored row beyond it is refused as damaged rather than read
+// back as that many instances.
+inline constexpr uint64_t kMaxSubmissionCount = 1'000'000;
+
 struct SubmissionRecord {
   uint64_t first_id = 0;
   uint64_t count = 0;

@@ -1315,3 +1315,34 @@ TEST_CASE("a submission alone sets the next instance id after its last") {
   f.limit = 2;
   CHECK(ids(ok(store->list_instances(f))) == std::vector<uint64_t>{100'000, 99'999});
 }
+
+TEST_CASE("a damaged submission row is a clear error, not a million instances") {
+  TempDir dir;
+  auto store = open_ok(dir.path());
+  SubmissionRecord sub;
+  sub.first_id = 1;
+  sub.job = "bulk";
+  sub.queue = "default";
+  sub.count = 0;
+  CHECK_FALSE(store->put_submission(sub).ok());
+  sub.count = kMaxSubmissionCount + 1;
+  CHECK_FALSE(store->put_submission(sub).ok());
+  sub.count = 3;
+  ok(store->put_submission(sub));
+  CHECK(ok(store->load()).instances.size() == 3);
+  if (!have_sqlite_shell()) {
+    MESSAGE("sqlite3 shell not installed: the damaged row is not made");
+    return;
+  }
+  store.reset();
+  for (const char* count : {"-5", "0", "1000000000000"}) {
+    shell(dir.db(), std::string("UPDATE submissions SET count = ") + count + ";");
+    store = open_ok(dir.path());
+    auto loaded = store->load();
+    REQUIRE_FALSE(loaded.ok());
+    CHECK(loaded.error().message.find(dir.db()) != std::string::npos);
+    CHECK(loaded.error().message.find("submission 1 has an invalid count " + std::string(count)) != std::string::npos);
+    CHECK_FALSE(store->load_instance(2).ok());
+    store.reset();
+  }
+}

@@ -29,7 +29,7 @@ std::string EventPublisher::endpoint() { return last_endpoint(socket_); }
 
 void EventPublisher::publish(proto::Event e) {
   e.seq = ++seq_;
-  e.ts_us = wall_clock_us();
+  if (e.ts_us == 0) e.ts_us = wall_clock_us();
   std::string bytes = proto::encode(e);
   held_.emplace_back(std::move(e.type), std::move(bytes));
 }

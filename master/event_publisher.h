@@ -22,8 +22,9 @@ class EventPublisher {
   EventPublisher(zmq::context_t& ctx, const std::string& endpoint,
                  const std::function<void(zmq::socket_t&)>& before_bind = {});
 
-  // Stamps seq and ts_us and holds the event until flush(): events go out
-  // only after the loop turn that made them is committed to the store.
+  // Stamps seq, and ts_us unless the caller set it, and holds the event
+  // until flush(): events go out only after the loop turn that made them is
+  // committed to the store.
   void publish(proto::Event e);
   // Sends what publish() held, as [type][EVENT message].
   void flush();

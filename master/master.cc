@@ -938,6 +938,10 @@ void Master::publish_transition(const Instance& inst, std::optional<int32_t> exi
   ev.job = inst.spec->job;
   ev.queue = inst.spec->queue;
   ev.attempt = inst.attempt;
+  // The time of the history entry it reports: the tap and the store agree
+  // to the microsecond (a second clock read here could come a preemption
+  // later).
+  if (!inst.history.empty()) ev.ts_us = inst.history.back().ts_us;
   if (!inst.member.empty() && inst.state != InstanceState::Queued) ev.member = inst.member;
   if (inst.slot >= 0 && (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running))
     ev.slot = inst.slot;

@@ -129,6 +129,12 @@ TEST_CASE("a bulk submission is stored as one row; after SIGKILL its instances a
   CHECK(inst["state"] == "succeeded");
   REQUIRE(inst["history"].size() == 4);
   CHECK(inst["history"][0]["state"] == "queued");
+  // The tap's times are the stored ones, to the microsecond.
+  std::vector<double> tapped;
+  for (const auto& e : c.events())
+    if (e.contains("instance") && e["instance"] == 40) tapped.push_back(e["ts"].get<double>());
+  REQUIRE(tapped.size() == 4);  // queued (before the restart), assigned, running, succeeded
+  for (size_t k = 0; k < 4; ++k) CHECK(tapped[k] == inst["history"][k]["ts"].get<double>());
 }
 
 TEST_CASE("a foreign or corrupt database file is refused at start-up and not touched") {

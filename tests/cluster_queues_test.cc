@@ -116,14 +116,17 @@ TEST_CASE("600 instances through two shared queues respect every window, run_on 
   CHECK(narrow_members == std::set<std::string>{"master"});
 
   // min_delay: on its one slot, each narrow instance starts at least 30 ms
-  // after the previous one ended (1 ms for timestamp rounding).
+  // after the previous one ended. The master starts the delay a moment
+  // before it stamps the end; a preemption in between shrinks the gap seen
+  // here (2.6 ms once, an ASan build on a loaded machine), so allow 5 ms:
+  // without the delay the gaps are about 1 ms.
   std::vector<Run> narrow;
   for (const auto& [id, r] : runs)
     if (r.queue == "narrow") narrow.push_back(r);
   std::sort(narrow.begin(), narrow.end(), [](const Run& a, const Run& b) { return a.start < b.start; });
   double smallest_gap = 1e9;
   for (size_t i = 1; i < narrow.size(); ++i) smallest_gap = std::min(smallest_gap, narrow[i].start - narrow[i - 1].end);
-  CHECK(smallest_gap >= 0.029);
+  CHECK(smallest_gap >= 0.025);
 
   // Windows used fully: busy credit time ÷ (window × span) while work waited.
   auto utilisation = [&](const std::string& queue, int window, double hold) {

@@ -339,6 +339,39 @@ TEST_CASE("a worker keeps its link while the master's commits stall for longer t
 // Assigned and running are written with the instance's next change or a
 // little later (Master::end_turn, kProgressDeferral), and the tap waits for
 // that write: when the tap says running, the store says so too.
+// An ASSIGN waits for its turn's commit when its member's admission is not
+// committed yet. If that attempt ends meanwhile (here: the worker, hearing
+// nothing, registers again without it, so it is lost and retried), the
+// held ASSIGN must not go out when the commit comes: the worker would run
+// the old attempt beside the new one (Master::assign_still_current).
+TEST_CASE("an ASSIGN held behind a commit is dropped if its attempt ended meanwhile; the instance runs once") {
+  Cluster c;
+  const std::string stall = c.dir() + "/stall-commits";
+  StallCommitsWhile env(stall);
+  c.start_master();  // heartbeat 250 ms, liveness 4: silent after 1 s
+  c.connect_tap();
+  c.put_noop_job();
+  c.write_file("stall-commits", "");
+  c.start_worker("w1", 1);  // its READY is not committed: nothing goes to it
+  pid_t run = c.spawn({bin("ZF_CLIENT_BIN"), "--api", c.api(), "run", "n"}, "run");
+  // w1 hears nothing for its liveness window and registers again.
+  REQUIRE(c.wait_for([&] { return c.log_of("worker-w1").find("no word from the master") != std::string::npos; },
+                     10s));
+  c.wait_for([] { return false; }, 500ms);
+  std::filesystem::remove(stall);
+  REQUIRE(c.wait_exit(run, 20s) == 0);
+  REQUIRE(c.wait_for([&] { return c.count("instance.succeeded") == 1; }, 10s));
+  c.wait_for([] { return false; }, 500ms);  // a stale run of attempt 1 would report by now
+  std::string mlog = c.log_of("master");
+  INFO(mlog);
+  CHECK(mlog.find("ASSIGN of instance 1 attempt 1 to 'w1' not sent") != std::string::npos);
+  auto st = parse_ok(c.zforce({"--json", "stats"}));
+  CHECK(st["late_results"] == 0);  // nothing reported for the dropped attempt
+  auto inst = parse_ok(c.zforce({"--json", "instance", "show", "1"}));
+  CHECK(inst["state"] == "succeeded");
+  CHECK(inst["attempt"].get<int>() >= 2);
+}
+
 TEST_CASE("the tap reports assigned and running only once the store has them") {
   Cluster c;
   c.start_master();

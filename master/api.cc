@@ -353,6 +353,19 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
     limit = args["limit"].get<size_t>();
   }
   nlohmann::json out = nlohmann::json::array();
+  if (state && (*state == InstanceState::Assigned || *state == InstanceState::Running)) {
+    std::vector<const Instance*> hits;
+    for (uint64_t id : in_flight_ids()) {
+      auto it = instances_.find(id);
+      if (it == instances_.end() || it->second.state != *state) continue;
+      if (job && it->second.spec->job != *job) continue;
+      hits.push_back(&it->second);
+    }
+    std::sort(hits.begin(), hits.end(), [](const Instance* a, const Instance* b) { return a->id < b->id; });
+    if (limit != 0 && hits.size() > limit) hits.erase(hits.begin(), hits.end() - static_cast<std::ptrdiff_t>(limit));
+    for (const Instance* inst : hits) out.push_back(instance_summary(*inst));  // newest last
+    return {{"instances", out}};
+  }
   // Every live instance is in memory, where its state is the newest (the
   // store has it as of the last commit, and assigned/running a little
   // later still, docs/durability.md). The store has no index on the live
@@ -519,6 +532,21 @@ nlohmann::json Master::api_stats(const nlohmann::json&) {
                    std::to_string(counts[k]) + ", but " + std::to_string(walked[k]) + " are in memory");
         throw ApiError{"instance counts out of step with the instances in memory (see the master's log)"};
       }
+    // Listing assigned and running walks in_flight_ids() alone: it must hold them all.
+    uint64_t found = 0;
+    for (uint64_t id : in_flight_ids()) {
+      auto it = instances_.find(id);
+      if (it != instances_.end() &&
+          (it->second.state == InstanceState::Assigned || it->second.state == InstanceState::Running))
+        ++found;
+    }
+    const uint64_t live = counts[static_cast<size_t>(InstanceState::Assigned)] +
+                          counts[static_cast<size_t>(InstanceState::Running)];
+    if (found != live) {
+      log::error(std::to_string(live) + " instances are assigned or running, but " + std::to_string(found) +
+                 " are in the members' in-flight sets and the unconfirmed ones");
+      throw ApiError{"in-flight sets out of step with the instances in memory (see the master's log)"};
+    }
   }
   nlohmann::json by_state = nlohmann::json::object();
   for (size_t k = 0; k < kInstanceStates; ++k)

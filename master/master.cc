@@ -1322,6 +1322,15 @@ void Master::fire(const std::string& job, size_t trigger, const std::map<std::st
   events_->publish(std::move(ev));
 }
 
+std::vector<uint64_t> Master::in_flight_ids() const {
+  std::vector<uint64_t> ids;
+  for (const auto& [name, m] : members_) ids.insert(ids.end(), m.in_flight.begin(), m.in_flight.end());
+  for (const auto& [id, member] : unconfirmed_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
 size_t Master::in_flight_total() const {
   size_t n = 0;
   for (const auto& [id, m] : members_) n += m.in_flight.size();

@@ -299,6 +299,11 @@ class Master {
   void apply_job_triggers(const Job& job);
   void forget_job_triggers(const std::string& job);
   size_t in_flight_total() const;
+  // The ids of every assigned and running instance, and maybe of a few that
+  // have ended since: each is in its member's in_flight or, after a restart
+  // until its member reports, in unconfirmed_. Listing them walks these,
+  // not the million queued instances_ may hold.
+  std::vector<uint64_t> in_flight_ids() const;
   void dispatch();
   void notify_waiters(const Instance& inst);
 

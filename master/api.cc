@@ -354,14 +354,13 @@ nlohmann::json Master::api_instances(const nlohmann::json& args) {
   }
   nlohmann::json out = nlohmann::json::array();
   if (state && (*state == InstanceState::Assigned || *state == InstanceState::Running)) {
-    std::vector<const Instance*> hits;
+    std::vector<const Instance*> hits;  // in id order, as in_flight_ids() gives them
     for (uint64_t id : in_flight_ids()) {
       auto it = instances_.find(id);
       if (it == instances_.end() || it->second.state != *state) continue;
       if (job && it->second.spec->job != *job) continue;
       hits.push_back(&it->second);
     }
-    std::sort(hits.begin(), hits.end(), [](const Instance* a, const Instance* b) { return a->id < b->id; });
     if (limit != 0 && hits.size() > limit) hits.erase(hits.begin(), hits.end() - static_cast<std::ptrdiff_t>(limit));
     for (const Instance* inst : hits) out.push_back(instance_summary(*inst));  // newest last
     return {{"instances", out}};

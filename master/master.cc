@@ -278,12 +278,15 @@ void Master::end_turn() {
         if (inst.rowless) {
           inst.rowless = false;
           inst.persisted_transitions = 0;  // the row gets the whole history
-          auto s = rowless_.upper_bound(id);
-          if (s != rowless_.begin() && --std::prev(s)->second == 0) {
-            // In the same transaction as this row: no instance of it is ever
-            // without a row and a submission.
-            write([first = std::prev(s)->first](Store& st) { return st.remove_submission(first); });
-            rowless_.erase(std::prev(s));
+          // Its submission: the last one starting at or below its id.
+          if (auto after = rowless_.upper_bound(id); after != rowless_.begin()) {
+            auto sub = std::prev(after);
+            if (--sub->second == 0) {
+              // In the same transaction as this row: no instance of it is
+              // ever without a row and a submission.
+              write([first = sub->first](Store& st) { return st.remove_submission(first); });
+              rowless_.erase(sub);
+            }
           }
         }
       } else if (progress_only) {
@@ -892,19 +895,9 @@ uint64_t Master::create_instances(const std::shared_ptr<const InstanceSpec>& spe
   }
   // One row for all: most of them then cost one insert, at their end,
   // instead of an insert now and an update then (docs/durability.md).
-  SubmissionRecord rec;
-  rec.first_id = first;
-  rec.count = count;
-  rec.job = spec->job;
-  rec.queue = spec->queue;
-  rec.priority = spec->priority;
-  rec.params = spec->params;
-  rec.steps_json = !spec->steps_json.empty() ? spec->steps_json : steps_to_json(spec->steps);
-  rec.retry_json = !spec->retry_json.empty() ? spec->retry_json : retry_to_json(spec->retry);
-  rec.timeout_ms = spec->timeout_ms;
-  const int64_t created_us = rec.created_us = wall_clock_us();
+  const int64_t created_us = wall_clock_us();
   // Before the instances: one may be dispatched, and written, this turn.
-  write([rec = std::move(rec)](Store& s) { return s.put_submission(rec); });
+  write([rec = to_submission_record(*spec, first, count, created_us)](Store& s) { return s.put_submission(rec); });
   rowless_[first] = count;
   for (uint64_t k = 0; k < count; ++k) create_instance(spec, true, created_us);
   return first;

@@ -300,7 +300,7 @@ class Master {
   void forget_job_triggers(const std::string& job);
   size_t in_flight_total() const;
   // The ids of every assigned and running instance, and maybe of a few that
-  // have ended since: each is in its member's in_flight or, after a restart
+  // have ended since, in ascending order: each is in its member's in_flight or, after a restart
   // until its member reports, in unconfirmed_. Listing them walks these,
   // not the million queued instances_ may hold.
   std::vector<uint64_t> in_flight_ids() const;

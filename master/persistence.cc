@@ -116,9 +116,12 @@ InstanceRecord to_update_record(const Instance& inst) {
   return r;
 }
 
-InstanceRecord to_record(const Instance& inst) {
-  InstanceRecord r = to_update_record(inst);
-  const InstanceSpec& spec = *inst.spec;
+namespace {
+// What a submission's row and an instance's row both take from the spec;
+// the steps and retry policy as the store keeps them (encoded once per spec
+// when it was made, encoded here otherwise).
+template <class Record>
+void put_spec_columns(const InstanceSpec& spec, Record& r) {
   r.job = spec.job;
   r.queue = spec.queue;
   r.priority = spec.priority;
@@ -126,6 +129,22 @@ InstanceRecord to_record(const Instance& inst) {
   r.steps_json = !spec.steps_json.empty() ? spec.steps_json : steps_to_json(spec.steps);
   r.retry_json = !spec.retry_json.empty() ? spec.retry_json : retry_to_json(spec.retry);
   r.timeout_ms = spec.timeout_ms;
+}
+}  // namespace
+
+SubmissionRecord to_submission_record(const InstanceSpec& spec, uint64_t first_id, uint64_t count,
+                                      int64_t created_us) {
+  SubmissionRecord r;
+  r.first_id = first_id;
+  r.count = count;
+  put_spec_columns(spec, r);
+  r.created_us = created_us;
+  return r;
+}
+
+InstanceRecord to_record(const Instance& inst) {
+  InstanceRecord r = to_update_record(inst);
+  put_spec_columns(*inst.spec, r);
   r.created_us = inst.history.empty() ? 0 : inst.history.front().ts_us;
   return r;
 }

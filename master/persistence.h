@@ -25,6 +25,10 @@ Result<RetryPolicy> retry_from_json(const std::string& text);
 // History entries from `first` on are in record.history (the store writes
 // them with add_transition).
 InstanceRecord to_record(const Instance& inst);
+// The row of a bulk submission: instances first_id … first_id+count-1 of
+// `spec`, created at created_us.
+SubmissionRecord to_submission_record(const InstanceSpec& spec, uint64_t first_id, uint64_t count,
+                                      int64_t created_us);
 // Only what Store::update_instance() writes: the columns that change after
 // creation (no params, steps or retry policy to copy and encode).
 InstanceRecord to_update_record(const Instance& inst);

@@ -540,6 +540,25 @@ constexpr const char* kInstanceColumns =
 constexpr const char* kSubmissionColumns =
     "first_id, count, job, queue, priority, params, steps, retry, timeout_ms, created_us";
 
+// Whether ids first … first+count-1 make a submission the store accepts
+// (a stored negative number arrives here as a huge one and fails too).
+bool submission_range_ok(uint64_t first, uint64_t count) {
+  return first >= 1 && count >= 1 && count <= kMaxSubmissionCount && first <= uint64_t(INT64_MAX) - count;
+}
+
+// Two lists sorted by id (both ascending, or both descending) as one.
+std::vector<InstanceRecord> merged_by_id(std::vector<InstanceRecord> a, std::vector<InstanceRecord> b,
+                                         bool descending) {
+  std::vector<InstanceRecord> out;
+  out.reserve(a.size() + b.size());
+  std::merge(std::make_move_iterator(a.begin()), std::make_move_iterator(a.end()), std::make_move_iterator(b.begin()),
+             std::make_move_iterator(b.end()), std::back_inserter(out),
+             [descending](const InstanceRecord& x, const InstanceRecord& y) {
+               return descending ? x.id > y.id : x.id < y.id;
+             });
+  return out;
+}
+
 // Instance `id` of submission `s` as it is until it has a row of its own:
 // queued at attempt 1 since its creation.
 InstanceRecord queued_of(const SubmissionRecord& s, uint64_t id) {
@@ -961,7 +980,7 @@ struct Store::Impl {
   Result<SubmissionRecord> read_submission(Use& u) const {
     SubmissionRecord r;
     const int64_t first = u.col_i64(0), count = u.col_i64(1);
-    if (first < 1 || count < 1 || count > static_cast<int64_t>(kMaxSubmissionCount) || first > INT64_MAX - count)
+    if (!submission_range_ok(static_cast<uint64_t>(first), static_cast<uint64_t>(count)))
       return make_error(path + ": submission " + std::to_string(first) + " has an invalid count " +
                         std::to_string(count) + " (1 to " + std::to_string(kMaxSubmissionCount) + ")");
     r.first_id = static_cast<uint64_t>(first);
@@ -1275,7 +1294,7 @@ Status Store::set_meta(std::string_view key, std::string_view value) {
 Status Store::put_submission(const SubmissionRecord& r) {
   Impl& d = *impl_;
   if (auto s = d.need_instances(); !s.ok()) return s;
-  if (r.first_id < 1 || r.count < 1 || r.count > kMaxSubmissionCount || r.first_id > uint64_t(INT64_MAX) - r.count)
+  if (!submission_range_ok(r.first_id, r.count))
     return d.fail_turn(make_error("submission " + std::to_string(r.first_id) + " of " + std::to_string(r.count) +
                                   " instances: the count must be 1 to " + std::to_string(kMaxSubmissionCount)));
   if (auto s = d.before_write(); !s.ok()) return s;
@@ -1370,15 +1389,7 @@ Result<StoreContents> Store::load() {
         if (!s.ok()) return s;
       }
       if (rc != SQLITE_DONE) return d.err("cannot read submissions");
-      if (!queued.empty()) {
-        std::vector<InstanceRecord> rows = std::move(out.instances);
-        out.instances.clear();
-        out.instances.reserve(rows.size() + queued.size());
-        std::merge(std::make_move_iterator(rows.begin()), std::make_move_iterator(rows.end()),
-                   std::make_move_iterator(queued.begin()), std::make_move_iterator(queued.end()),
-                   std::back_inserter(out.instances),
-                   [](const InstanceRecord& a, const InstanceRecord& b) { return a.id < b.id; });
-      }
+      if (!queued.empty()) out.instances = merged_by_id(std::move(out.instances), std::move(queued), false);
     }
     {
       Use u(d.all_meta.get());
@@ -1496,11 +1507,7 @@ Result<std::vector<InstanceRecord>> Store::list_instances(const InstanceFilter& 
     if (queued.size() < f.limit && rc != SQLITE_DONE && rc != SQLITE_ROW) return d.err("cannot list submissions");
   }
   if (queued.empty()) return out;
-  std::vector<InstanceRecord> rows = std::move(out);
-  out.clear();
-  std::merge(std::make_move_iterator(rows.begin()), std::make_move_iterator(rows.end()),
-             std::make_move_iterator(queued.begin()), std::make_move_iterator(queued.end()), std::back_inserter(out),
-             [](const InstanceRecord& a, const InstanceRecord& b) { return a.id > b.id; });
+  out = merged_by_id(std::move(out), std::move(queued), true);
   if (out.size() > f.limit) out.resize(f.limit);
   return out;
 }

@@ -9,12 +9,20 @@
 #   scripts/bench.sh --quick    under 2 minutes (20,000 noop instances per run, 200,000 queued)
 #   scripts/bench.sh --only PARTS
 #                               only these parts (comma-separated): cluster (noop, true,
-#                               latency), sync-normal (latency), backlog, workers-1000
+#                               latency), sync-normal (latency with --sync normal and
+#                               with --no-store), backlog, workers-1000
 #
 # Environment: ZFORCE_BUILD (build folder, default build-release, configured
 # with --buildtype=release if it does not exist), BENCH_SLOTS (slots
 # per worker for processes, default 2: the cores), BENCH_NOOP_SLOTS (slots per
-# worker for noop, default 256), BENCH_RUNS (runs per figure, default 3).
+# worker for noop, default 256), BENCH_RUNS (runs per figure, default 3),
+# BENCH_MASTER_OPTS (more options for every master, e.g. --no-store).
+#
+# Beside zforce's figures it prints the machine's floors, measured in the same
+# run by zforce-bench-floor with nothing of zforce in the way: floor_hops_*
+# (the latency probe's four hops with bare libzmq), floor_fdatasync_* (the
+# disk's sync, in the data folder), floor_dealers_per_s (a ROUTER and 1,000
+# echoing DEALERs, one frame outstanding each).
 #
 # Three pairs of workers: noop instances run on w1, w2 (BENCH_NOOP_SLOTS each;
 # a builtin noop takes no CPU, so its slots are only the pipeline depth: with
@@ -43,7 +51,7 @@ while [ $# -gt 0 ]; do
         esac
       done
       ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -55,6 +63,7 @@ B=${ZFORCE_BUILD:-build-release}
 SLOTS=${BENCH_SLOTS:-2}
 NOOP_SLOTS=${BENCH_NOOP_SLOTS:-256}
 RUNS=${BENCH_RUNS:-3}
+read -r -a MASTER_OPTS <<<"${BENCH_MASTER_OPTS:-}"
 # BIG_Q: instances waiting for the backlog figures (compared with 1,000
 # waiting); WINDOW: ends timed with that backlog; SIM_N: noop instances per
 # run with 1,000 simulated workers.
@@ -72,7 +81,7 @@ scripts/setup.sh --no-build  # the packages; the figures come from a release bui
 [ -f "$B/build.ninja" ] || meson setup "$B" --buildtype=release >/dev/null
 ninja -C "$B" >/dev/null || { ninja -C "$B"; exit 1; }
 for b in master/zforce-master worker/zforce-worker client/zforce bench/zforce-bench-latency bench/zforce-bench-bare-spawn \
-  bench/zforce-bench-dispatch bench/zforce-bench-sim-workers; do
+  bench/zforce-bench-dispatch bench/zforce-bench-sim-workers bench/zforce-bench-floor; do
   [ -x "$B/$b" ] || { echo "missing $B/$b (is subdir('bench') in meson.build?)" >&2; exit 1; }
 done
 buildtype=$(python3 -c 'import json, sys
@@ -144,7 +153,7 @@ zf() { "$B/client/zforce" --api "$API" --events "$EVENTS" "$@"; }
 
 # --- the cluster -------------------------------------------------------------
 if want cluster; then
-  "$B/master/zforce-master" --data "$tmp/master" --local-slots 0 \
+  "$B/master/zforce-master" --data "$tmp/master" "${MASTER_OPTS[@]}" --local-slots 0 \
     --workers 'tcp://127.0.0.1:*' --api 'tcp://127.0.0.1:*' --events 'tcp://127.0.0.1:*' 2>"$tmp/master.log" &
   master_pid=$!
   pids+=("$master_pid")
@@ -205,6 +214,13 @@ latency_run() {
   a99+=("$(sed -n 's/^latency_p99_ms: //p' <<<"$lat")")
 }
 
+# floor_run MODE ARGS...: one run of zforce-bench-floor; prints its output.
+floor_run() {
+  "$B/bench/zforce-bench-floor" "$@" || { echo "zforce-bench-floor $1 failed" >&2; exit 1; }
+}
+# field NAME TEXT: the value of the line `NAME: value` in TEXT.
+field() { sed -n "s/^$1: //p" <<<"$2"; }
+
 # tapped_rate JOB N: run_rate with `zforce tap` attached, subscribed to every
 # event. The master builds every event either way, but its PUB socket sends
 # only those someone subscribed to, so noop_per_s, measured without a tap,
@@ -222,7 +238,7 @@ tapped_rate() {
 }
 
 if want cluster; then
-  noop=() noop_tap=() noop64=() tru=() bares=() ratio=() p50=() p99=()
+  noop=() noop_tap=() noop64=() tru=() bares=() ratio=() p50=() p99=() h50=() h99=() f50=() f99=()
   for r in $(seq "$RUNS"); do
     c0=$(cpu_s "$master_pid")
     noop+=("$(run_rate bench-noop "$NOOP_N")")
@@ -235,6 +251,12 @@ if want cluster; then
     tru+=("$t") bares+=("$b")
     ratio+=("$(awk -v a="$t" -v b="$b" 'BEGIN { printf "%.3f", a / b }')")
     latency_run p50 p99
+    # The floors under the latency, at the same moment: libzmq's hops, the disk's sync.
+    out=$(floor_run hops --count "$LAT_N")
+    h50+=("$(field floor_hops_p50_ms "$out")") h99+=("$(field floor_hops_p99_ms "$out")")
+    out=$(floor_run fsync "$tmp" --count "$LAT_N")
+    f50+=("$(field floor_fdatasync_p50_ms "$out")") f99+=("$(field floor_fdatasync_p99_ms "$out")")
+    note "run $r: floors: four libzmq hops p50 ${h50[-1]} p99 ${h99[-1]} ms, fdatasync p50 ${f50[-1]} p99 ${f99[-1]} ms"
     note "run $r: noop ${noop[-1]}/s ($NOOP_N; ${noop_tap[-1]}/s with a tap of every event; ${noop64[-1]}/s on 2 x 64 slots), true $t/s ($TRUE_N), bare $b/s ($bare_note), latency p50 ${p50[-1]} p99 ${p99[-1]} ms ($LAT_N)," \
       "master cpu ${master_us} us per noop instance, load $(cut -d' ' -f1 /proc/loadavg), master rss $(awk '/VmRSS/ { printf "%.0f MB", $2 / 1024 }' "/proc/$master_pid/status")"
   done
@@ -247,6 +269,10 @@ if want cluster; then
   echo "true_vs_bare: $(median "${ratio[@]}")"
   echo "latency_p50_ms: $(median "${p50[@]}")"
   echo "latency_p99_ms: $(median "${p99[@]}")"
+  echo "floor_hops_p50_ms: $(median "${h50[@]}")"
+  echo "floor_hops_p99_ms: $(median "${h99[@]}")"
+  echo "floor_fdatasync_p50_ms: $(median "${f50[@]}")"
+  echo "floor_fdatasync_p99_ms: $(median "${f99[@]}")"
 
   # The sections below start masters of their own: stop this cluster (workers first).
   first=("${pids[@]}")
@@ -256,7 +282,7 @@ fi
 # start_master DIR [OPTION...]: a master like the one above, with its data in
 # DIR and the options given; sets API, EVENTS, WORKERS (so zf talks to it) and m_pid.
 start_master() {
-  "$B/master/zforce-master" --data "$1" "${@:2}" --local-slots 0 \
+  "$B/master/zforce-master" --data "$1" "${MASTER_OPTS[@]}" "${@:2}" --local-slots 0 \
     --workers 'tcp://127.0.0.1:*' --api 'tcp://127.0.0.1:*' --events 'tcp://127.0.0.1:*' 2>"$1.log" &
   m_pid=$!
   pids+=("$m_pid")
@@ -287,26 +313,29 @@ fill() {
   done
 }
 
-# --- latency when commits do not wait for the disk ------------------------------
+# --- latency when commits do not wait for the disk, and without a store -------
 # The same probe against a master started with --sync normal: what it
 # acknowledges survives kill -9 of the master, not a power loss (the default,
 # --sync full, waits for fdatasync twice per instance: at submission and at
-# the end; docs/durability.md).
+# the end; docs/durability.md). Then against one with --no-store, which
+# keeps nothing over a restart: what the store adds to the latency.
 if want sync-normal; then
-  start_master "$tmp/sync-normal" --sync normal
-  "$B/worker/zforce-worker" --master "$WORKERS" --name n1 --slots "$NOOP_SLOTS" 2>"$tmp/worker-n1.log" &
-  n1_pid=$!
-  pids+=("$n1_pid")
-  for _ in $(seq 200); do [ "$(active_members)" -ge 1 ] && break; sleep 0.05; done
-  p50n=() p99n=()
-  for r in $(seq "$RUNS"); do
-    latency_run p50n p99n
-    note "run $r, --sync normal: latency p50 ${p50n[-1]} p99 ${p99n[-1]} ms ($LAT_N)"
+  for mode in sync-normal no-store; do
+    if [ "$mode" = sync-normal ]; then start_master "$tmp/$mode" --sync normal; else start_master "$tmp/$mode" --no-store; fi
+    "$B/worker/zforce-worker" --master "$WORKERS" --name n1 --slots "$NOOP_SLOTS" 2>"$tmp/worker-$mode.log" &
+    n1_pid=$!
+    pids+=("$n1_pid")
+    for _ in $(seq 200); do [ "$(active_members)" -ge 1 ] && break; sleep 0.05; done
+    p50n=() p99n=()
+    for r in $(seq "$RUNS"); do
+      latency_run p50n p99n
+      note "run $r, --$mode: latency p50 ${p50n[-1]} p99 ${p99n[-1]} ms ($LAT_N)"
+    done
+    echo "latency_p50_ms_${mode//-/_}: $(median "${p50n[@]}")"
+    echo "latency_p99_ms_${mode//-/_}: $(median "${p99n[@]}")"
+    stop_pid "$n1_pid"
+    stop_pid "$m_pid"
   done
-  echo "latency_p50_ms_sync_normal: $(median "${p50n[@]}")"
-  echo "latency_p99_ms_sync_normal: $(median "${p99n[@]}")"
-  stop_pid "$n1_pid"
-  stop_pid "$m_pid"
 fi
 
 # --- a backlog: memory and dispatch rate with Q instances waiting --------------
@@ -433,5 +462,13 @@ if want workers-1000; then
   # Its totals; reconnects: workers whose WELCOME took longer than heartbeat x liveness while all joined.
   note "$(tail -n 1 "$tmp/sim-workers.log")"
   stop_pid "$m_pid"
+  # The floor: libzmq alone, a ROUTER and 1,000 echoing DEALERs, as many round trips.
+  floor=()
+  for r in $(seq "$RUNS"); do
+    floor+=("$(field floor_dealers_per_s "$(floor_run dealers --peers "$SIM_WORKERS" --count "$SIM_N")")")
+    note "run $r: floor, a ROUTER and $SIM_WORKERS DEALERs echoing (libzmq alone): ${floor[-1]} round trips/s"
+  done
   echo "workers_1000_dispatch_per_s: $(median "${sim_rate[@]}")"
+  echo "floor_dealers_per_s: $(median "${floor[@]}")"
+  echo "workers_1000_vs_floor: $(awk -v a="$(median "${sim_rate[@]}")" -v b="$(median "${floor[@]}")" 'BEGIN { printf "%.3f", a / b }')"
 fi

@@ -242,34 +242,39 @@ void Master::end_turn() {
   // instance deferred at that moment, most of them a millisecond before
   // their end (0.19 progress writes per noop instance under a steady
   // stream, 0.015 now).
-  std::vector<uint64_t> still_deferred;
-  deferred_until_.reset();
-  // The tap may let out only events the store backs: those numbered below
-  // the oldest unstored event of an instance still deferred.
-  uint64_t event_barrier = std::numeric_limits<uint64_t>::max();
-  if (writer_ && (!dirty_.empty() || !deferred_.empty())) {
-    dirty_.insert(dirty_.end(), deferred_.begin(), deferred_.end());  // still dirty: mark_dirty skipped them
-    deferred_.clear();
+  // Deferred progress that came due (all of it when finishing) joins this
+  // turn's changes. Only those: a deferred instance that changes again is
+  // marked dirty like any other, so a turn never walks every deferred one.
+  while (writer_ && !deferred_.empty() && (finishing_ || deferred_.front().first <= now)) {
+    const uint64_t id = deferred_.front().second;
+    deferred_.pop_front();
+    if (auto it = instances_.find(id); it != instances_.end() && is_deferred(it->second)) mark_dirty(it->second);
+  }
+  if (writer_ && !dirty_.empty()) {
     batch.instances.reserve(dirty_.size());
     for (uint64_t id : dirty_) {
       auto it = instances_.find(id);
       if (it == instances_.end()) continue;
       Instance& inst = it->second;
+      inst.dirty = false;
       // Assigned and running change only a few columns of a row already stored.
       bool progress_only = inst.persisted_transitions > 0 && !inst.cancel_requested &&
                            (inst.state == InstanceState::Assigned || inst.state == InstanceState::Running);
       if (progress_only && !finishing_ && may_defer_progress(inst)) {
-        if (inst.deferred_since == Clock::time_point{}) inst.deferred_since = now;
-        const auto due = inst.deferred_since + kProgressDeferral;
-        if (now < due) {
-          still_deferred.push_back(id);
-          deferred_until_ = deferred_until_ ? std::min(*deferred_until_, due) : due;
-          if (inst.unstored_event) event_barrier = std::min(event_barrier, inst.unstored_event);
+        if (!is_deferred(inst)) {
+          inst.deferred_since = now;
+          deferred_.emplace_back(now + kProgressDeferral, id);
+        }
+        if (now < inst.deferred_since + kProgressDeferral) {
+          // Once set, unstored_event stays until the write: the same key each time.
+          if (inst.unstored_event) unstored_events_.insert({inst.unstored_event, id});
           continue;
         }
       }
-      inst.dirty = false;
-      inst.deferred_since = {};
+      if (is_deferred(inst)) {
+        unstored_events_.erase({inst.unstored_event, id});
+        inst.deferred_since = {};
+      }
       inst.unstored_event = 0;
       InstanceChange& c = batch.instances.emplace_back();
       if (inst.persisted_transitions == 0 || inst.rowless) {
@@ -310,7 +315,22 @@ void Master::end_turn() {
     }
   }
   dirty_.clear();
-  deferred_ = std::move(still_deferred);
+  // The next deadline: the oldest entry of an instance still deferred (the
+  // entries of instances written since, or deferred again, are dropped).
+  deferred_until_.reset();
+  while (!deferred_.empty()) {
+    auto [due, id] = deferred_.front();
+    auto it = instances_.find(id);
+    if (it != instances_.end() && is_deferred(it->second) && it->second.deferred_since + kProgressDeferral == due) {
+      deferred_until_ = due;
+      break;
+    }
+    deferred_.pop_front();
+  }
+  // The tap may let out only events the store backs: those numbered below
+  // the oldest unstored event of an instance still deferred.
+  const uint64_t event_barrier =
+      unstored_events_.empty() ? std::numeric_limits<uint64_t>::max() : unstored_events_.begin()->first;
   if (writer_) {
     // Only what changed: an idle loop turn must not cost a disk write.
     if (next_instance_id_ != stored_next_id_) batch.next_instance_id = stored_next_id_ = next_instance_id_;
@@ -689,6 +709,10 @@ void Master::on_ready(zmq::socket_t& s, bool local, const std::string& id, uint3
   // Its WELCOME (held until this turn is committed) must reach it before any
   // ASSIGN does, and the store must list it before it is sent ASSIGNs ahead.
   m.assign_ahead = false;
+  // Its assigned instances may no longer wait for their progress write
+  // (may_defer_progress): this turn writes them.
+  for (uint64_t id : m.in_flight)
+    if (auto it = instances_.find(id); it != instances_.end() && is_deferred(it->second)) mark_dirty(it->second);
   if (writer_) {
     if (ahead_members_.insert(m.name).second) store_ahead_members();
     ahead_turn_.push_back(m.name);

@@ -401,10 +401,14 @@ class Master {
   std::unique_ptr<StoreWriter> writer_;
   std::vector<StoreWriter::Op> ops_;  // this turn's writes, submitted by end_turn
   std::vector<uint64_t> dirty_;  // instances changed in this loop turn (each once: Instance::dirty)
-  // Instances whose assigned/running progress is not written yet (they stay
-  // Instance::dirty), and when the first of them is written at the latest
-  // (each kProgressDeferral after it was deferred).
-  std::vector<uint64_t> deferred_;
+  // Instances whose assigned/running progress is not written yet, with the
+  // time each is written at the latest (kProgressDeferral after it was
+  // deferred), oldest first; entries of instances written since are dropped
+  // when they reach the front. And the oldest unstored event of each (the
+  // tap's barrier), ordered.
+  std::deque<std::pair<Clock::time_point, uint64_t>> deferred_;
+  std::set<std::pair<uint64_t, uint64_t>> unstored_events_;  // (event number, instance)
+  static bool is_deferred(const Instance& inst) { return inst.deferred_since != Clock::time_point{}; }
   // Per stored submission (first id): how many of its instances have no row
   // of their own yet. The row is removed with the write of the last. Ordered:
   // an instance's submission is the last one starting at or below its id.

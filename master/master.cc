@@ -1409,7 +1409,7 @@ int Master::run() {
     auto wake = next_wakeup(now);
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
     if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
-    zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
+    poll_items(items.data(), items.size(), timeout + std::chrono::milliseconds(1));
     const auto polled = Clock::now();
     // Committed turns release what they held; everything this turn changes
     // is submitted to the writer as one batch by end_turn().

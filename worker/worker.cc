@@ -426,7 +426,7 @@ int Worker::run() {
     auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now);
     if (timeout.count() < 0) timeout = std::chrono::milliseconds(0);
     // +1 ms: poll rounds down, and waking just before a deadline spins.
-    zmq::poll(items.data(), items.size(), timeout + std::chrono::milliseconds(timeout.count() > 0 ? 1 : 0));
+    poll_items(items.data(), items.size(), timeout + std::chrono::milliseconds(timeout.count() > 0 ? 1 : 0));
     now = Clock::now();
 
     if (opt_.stop_fd >= 0 && (items[first_fd].revents & ZMQ_POLLIN)) {

@@ -226,6 +226,12 @@ bool Master::may_defer_progress(const Instance& inst) const {
   return inst.state == InstanceState::Assigned && it != members_.end() && it->second.assign_ahead;
 }
 
+Instance* Master::still_deferred(const std::pair<Clock::time_point, uint64_t>& entry) {
+  auto it = instances_.find(entry.second);
+  if (it == instances_.end() || !is_deferred(it->second)) return nullptr;
+  return it->second.deferred_since + kProgressDeferral == entry.first ? &it->second : nullptr;
+}
+
 bool Master::writes(const StoreWriter::Batch& batch) const {
   return !ops_.empty() || !batch.instances.empty() || batch.next_instance_id;
 }
@@ -246,9 +252,8 @@ void Master::end_turn() {
   // turn's changes. Only those: a deferred instance that changes again is
   // marked dirty like any other, so a turn never walks every deferred one.
   while (writer_ && !deferred_.empty() && (finishing_ || deferred_.front().first <= now)) {
-    const uint64_t id = deferred_.front().second;
+    if (Instance* inst = still_deferred(deferred_.front())) mark_dirty(*inst);
     deferred_.pop_front();
-    if (auto it = instances_.find(id); it != instances_.end() && is_deferred(it->second)) mark_dirty(it->second);
   }
   if (writer_ && !dirty_.empty()) {
     batch.instances.reserve(dirty_.size());
@@ -318,15 +323,8 @@ void Master::end_turn() {
   // The next deadline: the oldest entry of an instance still deferred (the
   // entries of instances written since, or deferred again, are dropped).
   deferred_until_.reset();
-  while (!deferred_.empty()) {
-    auto [due, id] = deferred_.front();
-    auto it = instances_.find(id);
-    if (it != instances_.end() && is_deferred(it->second) && it->second.deferred_since + kProgressDeferral == due) {
-      deferred_until_ = due;
-      break;
-    }
-    deferred_.pop_front();
-  }
+  while (!deferred_.empty() && !still_deferred(deferred_.front())) deferred_.pop_front();
+  if (!deferred_.empty()) deferred_until_ = deferred_.front().first;
   // The tap may let out only events the store backs: those numbered below
   // the oldest unstored event of an instance still deferred.
   const uint64_t event_barrier =

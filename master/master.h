@@ -409,6 +409,9 @@ class Master {
   std::deque<std::pair<Clock::time_point, uint64_t>> deferred_;
   std::set<std::pair<uint64_t, uint64_t>> unstored_events_;  // (event number, instance)
   static bool is_deferred(const Instance& inst) { return inst.deferred_since != Clock::time_point{}; }
+  // The instance of a deferred_ entry, if that entry is its current one
+  // (not written since, nor deferred again with a later deadline).
+  Instance* still_deferred(const std::pair<Clock::time_point, uint64_t>& entry);
   // Per stored submission (first id): how many of its instances have no row
   // of their own yet. The row is removed with the write of the last. Ordered:
   // an instance's submission is the last one starting at or below its id.

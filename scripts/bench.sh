@@ -465,7 +465,8 @@ if want workers-1000; then
   # The floor: libzmq alone, a ROUTER and 1,000 echoing DEALERs, as many round trips.
   floor=()
   for r in $(seq "$RUNS"); do
-    floor+=("$(field floor_dealers_per_s "$(floor_run dealers --peers "$SIM_WORKERS" --count "$SIM_N")")")
+    out=$(floor_run dealers --peers "$SIM_WORKERS" --count "$SIM_N")
+    floor+=("$(field floor_dealers_per_s "$out")")
     note "run $r: floor, a ROUTER and $SIM_WORKERS DEALERs echoing (libzmq alone): ${floor[-1]} round trips/s"
   done
   echo "workers_1000_dispatch_per_s: $(median "${sim_rate[@]}")"

@@ -68,7 +68,7 @@ read -r -a MASTER_OPTS <<<"${BENCH_MASTER_OPTS:-}"
 # waiting); WINDOW: ends timed with that backlog; SIM_N: noop instances per
 # run with 1,000 simulated workers.
 if [ "$quick" = 1 ]; then
-  NOOP_N=20000 TRUE_N=1000 BIG_Q=200000 WINDOW=5000 SIM_N=20000
+  NOOP_N=20000 TRUE_N=1000 BIG_Q=200000 WINDOW=20000 SIM_N=20000
 else
   NOOP_N=100000 TRUE_N=5000 BIG_Q=1000000 WINDOW=50000 SIM_N=50000
 fi

@@ -10,11 +10,6 @@ namespace zf::bench {
 
 using namespace std::chrono_literals;
 
-void die(const std::string& program, const std::string& why) {
-  std::fprintf(stderr, "%s: %s\n", program.c_str(), why.c_str());
-  std::exit(1);
-}
-
 BenchClient::BenchClient(std::string program, const std::string& api, const std::string& tap,
                          std::initializer_list<const char*> events)
     : program_(std::move(program)), api_(ctx_, zmq::socket_type::dealer), sub_(ctx_, zmq::socket_type::sub) {

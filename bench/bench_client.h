@@ -12,13 +12,12 @@
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
+#include "bench/bench_util.h"
 #include "common/protocol.h"
 
 namespace zf::bench {
 
 using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void die(const std::string& program, const std::string& why);
 
 class BenchClient {
  public:

@@ -44,6 +44,7 @@
 
 #include <zmq.hpp>
 
+#include "bench/bench_util.h"
 #include "common/zmq_util.h"
 
 namespace {
@@ -51,29 +52,15 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-[[noreturn]] void die(const std::string& why) {
-  std::fprintf(stderr, "floor: %s\n", why.c_str());
-  std::exit(1);
-}
+[[noreturn]] void die(const std::string& why) { zf::bench::die("floor", why); }
 
 double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-double percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(i, v.size() - 1)];
-}
+using zf::bench::percentile;
 
 // Each DEALER holds a TCP socket and a mailbox eventfd.
 void raise_fd_limit(int peers) {
-  rlimit r{};
-  if (::getrlimit(RLIMIT_NOFILE, &r) != 0) die(std::string("getrlimit: ") + std::strerror(errno));
-  rlim_t want = static_cast<rlim_t>(peers) * 3 + 256;
-  if (r.rlim_cur >= want) return;
-  if (r.rlim_max != RLIM_INFINITY && r.rlim_max < want)
-    die("need " + std::to_string(want) + " file descriptors, the hard limit is " + std::to_string(r.rlim_max));
-  r.rlim_cur = want;
-  if (::setrlimit(RLIMIT_NOFILE, &r) != 0) die(std::string("setrlimit: ") + std::strerror(errno));
+  zf::bench::raise_fd_limit("floor", static_cast<rlim_t>(peers) * 3 + 256, std::to_string(peers) + " DEALERs");
 }
 
 // A child process running body(); it ends with its parent.

@@ -24,6 +24,7 @@ namespace {
 namespace proto = zf::proto;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+using zf::bench::percentile;
 
 [[noreturn]] void die(const std::string& why) { zf::bench::die("latency", why); }
 
@@ -77,12 +78,6 @@ class Bench : public zf::bench::BenchClient {
     }
   }
 };
-
-double percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(i, v.size() - 1)];
-}
 
 }  // namespace
 

@@ -51,6 +51,7 @@
 
 #include <zmq.hpp>
 
+#include "bench/bench_util.h"
 #include "common/protocol.h"
 #include "common/signals.h"
 #include "common/zmq_util.h"
@@ -63,10 +64,7 @@ using namespace std::chrono_literals;
 
 const char* kVersion = "zforce-bench-sim-workers 0.1.0";
 
-[[noreturn]] void die(const std::string& why) {
-  std::fprintf(stderr, "sim-workers: %s\n", why.c_str());
-  std::exit(1);
-}
+[[noreturn]] void die(const std::string& why) { zf::bench::die("sim-workers", why); }
 
 struct Args {
   std::string master;
@@ -438,24 +436,14 @@ class Loop {
   Clock::time_point last_budget_ = Clock::now();
 };
 
-// Each simulated worker holds a TCP socket and a mailbox eventfd.
-void raise_fd_limit(int workers) {
-  rlimit r{};
-  if (::getrlimit(RLIMIT_NOFILE, &r) != 0) die(std::string("getrlimit: ") + std::strerror(errno));
-  rlim_t want = static_cast<rlim_t>(workers) * 4 + 256;  // and the closed ones not yet reaped
-  if (r.rlim_cur >= want) return;
-  if (r.rlim_max != RLIM_INFINITY && r.rlim_max < want)
-    die("need " + std::to_string(want) + " file descriptors for " + std::to_string(workers) +
-        " simulated workers, the hard limit is " + std::to_string(r.rlim_max) + " (raise it: ulimit -Hn)");
-  r.rlim_cur = want;
-  if (::setrlimit(RLIMIT_NOFILE, &r) != 0) die(std::string("setrlimit: ") + std::strerror(errno));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Args a = parse(argc, argv);
-  raise_fd_limit(a.count);
+  // Each simulated worker holds a TCP socket and a mailbox eventfd, and the
+  // closed ones not yet reaped count too.
+  zf::bench::raise_fd_limit("sim-workers", static_cast<rlim_t>(a.count) * 4 + 256,
+                            std::to_string(a.count) + " simulated workers");
   auto sigfd = zf::block_stop_signals_into_fd();  // before any thread starts
   if (!sigfd.ok()) die(sigfd.error().message);
 

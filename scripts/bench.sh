@@ -117,6 +117,8 @@ rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.1f", n / (b - a) }
 # median of the arguments (numbers).
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 note() { echo "# $*"; }
+# field NAME TEXT: the value of the line `NAME: value` in TEXT.
+field() { sed -n "s/^$1: //p" <<<"$2"; }
 # CPU seconds (user + system) a process has used so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 
@@ -210,16 +212,14 @@ latency_run() {
   local lat
   lat=$("$B/bench/zforce-bench-latency" --api "$API" --events "$EVENTS" --job bench-noop --count "$LAT_N")
   local -n a50=$1 a99=$2
-  a50+=("$(sed -n 's/^latency_p50_ms: //p' <<<"$lat")")
-  a99+=("$(sed -n 's/^latency_p99_ms: //p' <<<"$lat")")
+  a50+=("$(field latency_p50_ms "$lat")")
+  a99+=("$(field latency_p99_ms "$lat")")
 }
 
 # floor_run MODE ARGS...: one run of zforce-bench-floor; prints its output.
 floor_run() {
   "$B/bench/zforce-bench-floor" "$@" || { echo "zforce-bench-floor $1 failed" >&2; exit 1; }
 }
-# field NAME TEXT: the value of the line `NAME: value` in TEXT.
-field() { sed -n "s/^$1: //p" <<<"$2"; }
 
 # tapped_rate JOB N: run_rate with `zforce tap` attached, subscribed to every
 # event. The master builds every event either way, but its PUB socket sends
@@ -452,9 +452,9 @@ if want workers-1000; then
     out=$("$B/bench/zforce-bench-dispatch" --api "$API" --events "$EVENTS" --job bench-noop --count "$SIM_N" \
       --submit "$SIM_N" --batch 5000) ||
       { echo "the dispatch probe failed: $out" >&2; exit 1; }
-    sim_rate+=("$(sed -n 's/^dispatch_per_s: //p' <<<"$out")")
-    note "run $r: ${sim_rate[-1]}/s after the submission ($(sed -n 's/^# after the submission: //p' <<<"$out"));" \
-      "$(sed -n 's/^# dispatch: //p' <<<"$out");" \
+    sim_rate+=("$(field dispatch_per_s "$out")")
+    note "run $r: ${sim_rate[-1]}/s after the submission ($(field "# after the submission" "$out"));" \
+      "$(field "# dispatch" "$out");" \
       "cpu per instance: master $(awk -v a="$c0" -v b="$(cpu_s "$m_pid")" -v n="$SIM_N" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }') us," \
       "simulator $(awk -v a="$s0" -v b="$(cpu_s "$sim_pid")" -v n="$SIM_N" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }') us; load $(cut -d' ' -f1 /proc/loadavg)"
   done

@@ -344,9 +344,6 @@ TEST_CASE("a worker keeps its link while the master's commits stall for longer t
   CHECK(c.count("member.lost") == 0);
 }
 
-// Assigned and running are written with the instance's next change or a
-// little later (Master::end_turn, kProgressDeferral), and the tap waits for
-// that write: when the tap says running, the store says so too.
 // An ASSIGN waits for its turn's commit when its member's admission is not
 // committed yet. If that attempt ends meanwhile (here: the worker, hearing
 // nothing, registers again without it, so it is lost and retried), the
@@ -380,6 +377,9 @@ TEST_CASE("an ASSIGN held behind a commit is dropped if its attempt ended meanwh
   CHECK(inst["attempt"].get<int>() >= 2);
 }
 
+// Assigned and running are written with the instance's next change or a
+// little later (Master::end_turn, kProgressDeferral), and the tap waits for
+// that write: when the tap says running, the store says so too.
 TEST_CASE("the tap reports assigned and running only once the store has them") {
   Cluster c;
   c.start_master();
